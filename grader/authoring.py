@@ -1,0 +1,90 @@
+"""Helpers for writing and editing solutions notebooks with correct nbgrader metadata.
+
+solutions/*.ipynb are the source of truth; these helpers only save typing when a notebook is
+written or edited from a script:
+
+    from grader.authoring import md, setup, code, solution, tests, write
+    write("05_hand_written_bilstm", [md("# Title ..."), setup("import torch ..."), ...])
+"""
+import re
+
+import nbformat
+
+from . import paths
+
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def _slug(text):
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "cell"
+
+
+def _meta(grade_id, *, solution=False, grade=False, locked=False, points=None, task=False):
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3,
+            "solution": solution, "task": task}
+    if points is not None:
+        meta["points"] = points
+    return {"nbgrader": meta}
+
+
+def md(text, grade_id=None):
+    """A read-only markdown cell."""
+    cell = nbformat.v4.new_markdown_cell(text.strip("\n"))
+    cell.metadata.update(_meta(grade_id or f"md-{_slug(text)}", locked=True))
+    return cell
+
+
+def setup(source):
+    """The notebook's setup cell (imports, seeds, device, data path). Tagged 'setup' so the
+    project's tests and benchmarks can run it; plain Python only (no %magics)."""
+    cell = nbformat.v4.new_code_cell(source.strip("\n"))
+    cell.metadata.update(_meta("setup", locked=True))
+    cell.metadata["tags"] = ["setup"]
+    return cell
+
+
+def code(source, grade_id=None, tags=()):
+    """A read-only code cell: a demonstration, a figure, a helper."""
+    cell = nbformat.v4.new_code_cell(source.strip("\n"))
+    cell.metadata.update(_meta(grade_id or f"code-{_slug(source)}", locked=True))
+    if tags:
+        cell.metadata["tags"] = list(tags)
+    return cell
+
+
+def solution(source, grade_id):
+    """An answer cell: the code between ### BEGIN SOLUTION / ### END SOLUTION is replaced by
+    `raise NotImplementedError()` in the student copy."""
+    cell = nbformat.v4.new_code_cell(source.strip("\n"))
+    cell.metadata.update(_meta(grade_id, solution=True))
+    return cell
+
+
+def tests(source, grade_id, points):
+    """A grade cell: visible tests, then ### BEGIN HIDDEN TESTS ... ### END HIDDEN TESTS."""
+    cell = nbformat.v4.new_code_cell(source.strip("\n"))
+    cell.metadata.update(_meta(grade_id, grade=True, locked=True, points=points))
+    return cell
+
+
+def write(name, cells):
+    """Write solutions/<name>.ipynb with stripped outputs and unique cell ids."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": KERNELSPEC,
+                   "language_info": {"name": "python", "version": "3.11"}}
+    seen = set()
+    for cell in cells:
+        gid = cell.metadata["nbgrader"]["grade_id"]
+        base, n = gid, 1
+        while gid in seen:
+            n += 1
+            gid = f"{base}-{n}"
+        seen.add(gid)
+        cell.metadata["nbgrader"]["grade_id"] = gid
+        cell.id = gid[:64]
+    nb.cells = cells
+    nbformat.validate(nb)
+    path = paths.solution_path(name)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(nbformat.writes(nb) + "\n")
+    return path
