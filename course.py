@@ -38,7 +38,6 @@ def ensure_venv():
     print("Installing the course's pinned packages (torch is large: a few minutes the first time) ...",
           flush=True)
     pip = [str(venv_bin("python")), "-m", "pip"]
-    subprocess.run(pip + ["install", "-q", "--upgrade", "pip"], check=True)
     subprocess.run(pip + ["install", "-q", "-r", str(REQUIREMENTS)], check=True)
     STAMP.write_text(wanted + "\n")
 
