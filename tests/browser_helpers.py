@@ -195,17 +195,6 @@ def workspace(names, data=True):
 
 ACTIVE = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
-_RUN_STATE_JS = """
-(active) => {
-  const panel = document.querySelector(active);
-  if (!panel) return null;
-  const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]
-      .map(p => p.textContent.trim());
-  const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
-  return {prompts, status: ind ? ind.getAttribute('data-status') : null};
-}
-"""
-
 _RUN_DONE_JS = """
 (active) => {
   const panel = document.querySelector(active);
@@ -255,28 +244,38 @@ class LabPage:
         page.wait_for_function(_RUN_DONE_JS, arg=ACTIVE, timeout=RUN_ALL_S * 1000, polling=250)
         return time.monotonic() - t0
 
-    def run_state(self):
-        return self.page.evaluate(_RUN_STATE_JS, ACTIVE)
-
     def model(self):
         """The notebook as JupyterLab holds it now (nbformat JSON, with the outputs of this run)."""
         return self.page.evaluate(_MODEL_JS)
 
-    def output_texts(self):
-        """Visible text of every output area, in cell order (what the student reads)."""
-        return self.page.locator(f"{ACTIVE} .jp-OutputArea-output").all_inner_texts()
-
-    def figures(self):
-        """Rendered figures: <img> in an output area that the browser actually decoded."""
+    def show_cell(self, index):
+        """Make cell `index` the active cell and scroll it into view, as a student would; return
+        {text of its outputs, whether it is on screen, [width, height] of each figure the browser
+        decoded in its outputs}. (JupyterLab 4.6 renders off-screen cells
+        with content-visibility, so text is read with textContent, after scrolling.)"""
         return self.page.evaluate(
-            """(active) => [...document.querySelectorAll(active + ' .jp-OutputArea-output img')]
-                 .filter(i => i.complete && i.naturalWidth > 0)
-                 .map(i => ({w: i.naturalWidth, h: i.naturalHeight}))""", ACTIVE)
-
-    def scroll_to(self, selector):
-        loc = self.page.locator(f"{ACTIVE} {selector}").first
-        if loc.count():
-            loc.scroll_into_view_if_needed()
+            """async (i) => {
+                 const nb = window.jupyterapp.shell.currentWidget.content;
+                 nb.activeCellIndex = i;
+                 await nb.scrollToItem(i, 'start');
+                 await new Promise(r => setTimeout(r, 300));
+                 const cell = nb.widgets[i];
+                 const seen = imgs.length ? imgs[0] : (outs.length ? outs[outs.length - 1] : cell.node);
+                 const box = seen.getBoundingClientRect();
+                 const area = cell.node.querySelector('.jp-OutputArea');
+                 const imgs = [...cell.node.querySelectorAll('.jp-OutputArea-output img')];
+                 await Promise.all(imgs.map(im => im.decode().catch(() => null)));
+                 // bring what matters on screen: the figure, else the end of the output (the
+                 // error line of a traceback)
+                 const outs = cell.node.querySelectorAll('.jp-OutputArea-output');
+                 if (imgs.length) imgs[0].scrollIntoView({block: 'center'});
+                 else if (outs.length) outs[outs.length - 1].scrollIntoView({block: 'end'});
+                 await new Promise(r => setTimeout(r, 300));
+                 return {text: area ? area.textContent : '',
+                         onScreen: box.bottom > 0 && box.top < window.innerHeight,
+                         images: imgs.filter(im => im.complete && im.naturalWidth > 0)
+                                     .map(im => [im.naturalWidth, im.naturalHeight])};
+               }""", index)
 
     def validate(self, timeout_s=120):
         """Click nbgrader's Validate button; return the text of the "Validation Results" dialog."""
@@ -295,13 +294,14 @@ class LabPage:
 
 
 def code_cells(nb):
-    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+    """[(index in the notebook, cell)] for the code cells of an nbformat dict."""
+    return [(i, c) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
 
 
 def errors(nb):
-    """[(index among code cells, ename, evalue)] for every error output in an nbformat dict."""
+    """[(cell index, ename, evalue)] for every error output in an nbformat dict."""
     out = []
-    for i, cell in enumerate(code_cells(nb)):
+    for i, cell in code_cells(nb):
         for o in cell.get("outputs", []):
             if o.get("output_type") == "error":
                 out.append((i, o.get("ename"), o.get("evalue")))
@@ -318,12 +318,12 @@ def read_notebook(path):
 
 
 def prompts(nb):
-    """Execution count of every code cell (None: did not run)."""
-    return [c.get("execution_count") for c in code_cells(nb)]
+    """{cell index: execution count (None: did not run)} for every code cell."""
+    return {i: c.get("execution_count") for i, c in code_cells(nb)}
 
 
 def stderr_texts(nb):
     """Text of every stderr stream output (JupyterLab shows it red, like an error)."""
     return [source_of({"source": o.get("text", "")})
-            for c in code_cells(nb) for o in c.get("outputs", [])
+            for _, c in code_cells(nb) for o in c.get("outputs", [])
             if o.get("output_type") == "stream" and o.get("name") == "stderr"]
