@@ -10,10 +10,10 @@ Each exercise comes with a locked buggy function (cells tagged "buggy"). For eve
     AssertionError, i.e. a message for the student — when the buggy function is submitted, and when
     the untouched stub (NotImplementedError) is submitted.
 """
+import json
 import random
 import warnings
 
-import nbformat
 import pytest
 import torch
 import torch.nn as nn
@@ -45,12 +45,13 @@ def ns():
 
 @pytest.fixture(scope="module")
 def grade_cells():
-    nb = nbformat.read(paths.solution_path(NAME), as_version=4)
+    nb = json.loads(paths.solution_path(NAME).read_text())
     cells = {}
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if meta.get("grade") and cell.cell_type == "code":
-            cells[meta["grade_id"]] = cell.source
+    for cell in nb["cells"]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade") and cell["cell_type"] == "code":
+            src = cell["source"]
+            cells[meta["grade_id"]] = "".join(src) if isinstance(src, list) else src
     return cells
 
 
@@ -212,7 +213,8 @@ def test_pack_batch_real_cuda_lengths(ns):
     with torch.no_grad():
         got = rnn(ns["pack_batch"](x, lengths))[1]
         want = truth_alone(rnn, x, lengths.tolist())
-    assert torch.allclose(got, want, atol=1e-5)
+    # cuDNN may use TF32 (about 1e-4 here on an H100); a wrong row or order is off by ~1e-1
+    assert torch.allclose(got, want, atol=2e-3)
 
 
 @pytest.mark.parametrize("cfg", _configs(6, 6))
