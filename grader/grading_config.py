@@ -1,0 +1,23 @@
+# nbgrader configuration for grading untrusted submissions (`python -m grader grade`): the
+# course's nbgrader_config.py plus the sandboxed, guarded Execute preprocessor (grader/sandbox.py).
+# An instructor running nbgrader by hand can pass this file with --config to get the same.
+import sys
+from pathlib import Path
+
+_here = Path(__file__).resolve().parent
+load_subconfig(str(_here / "nbgrader_config.py"))  # noqa: F821  (injected by traitlets)
+c = get_config()  # noqa: F821
+
+if str(_here.parent) not in sys.path:
+    sys.path.insert(0, str(_here.parent))
+
+from nbgrader.preprocessors import (  # noqa: E402
+    AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput, SaveAutoGrades)
+from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
+
+from grader.sandbox import GuardedExecute  # noqa: E402
+
+c.Autograde.autograde_preprocessors = [
+    GuardedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+    AssignLatePenalties, CheckCellMetadata]
+# GuardedExecute subclasses Execute, so c.Execute.* (timeout, ...) applies to it unchanged.

@@ -1,0 +1,190 @@
+"""Start a Jupyter kernel for student code with the grader's limits applied, then exec it.
+
+    python kernel_launcher.py KERNEL_COMMAND ...     (what SandboxKernelManager runs)
+    python kernel_launcher.py --probe                (print which limits this machine allows)
+
+Standard library only: it runs before the kernel exists. Settings come from the environment
+(set by `python -m grader grade` on the nbgrader process, which the kernel inherits):
+
+    GRADER_MEMORY_MB   cap on the kernel's data segment (RLIMIT_DATA): a huge allocation becomes a
+                       clean MemoryError/RuntimeError instead of taking the machine down. RLIMIT_DATA
+                       rather than RLIMIT_AS: `import torch` needs ~3 GB of address space, not of data.
+    GRADER_FILE_MB     largest file the kernel may write (RLIMIT_FSIZE)
+    GRADER_NO_NETWORK  "1": a new, empty network namespace (unshare CLONE_NEWNET; as a normal user
+                       with a user namespace too). Needs the ipc transport (SandboxKernelManager).
+    GRADER_READONLY    os.pathsep-separated folders the kernel must not write (the repository, the
+                       grading work folder with its gradebooks and other students' courses): a
+                       private mount namespace where they are bind-mounted read-only, except the
+                       kernel's own working folder and GRADER_WRITABLE folders (its HOME, ...).
+    GRADER_USER        when started as root: also run the kernel as this user (default "nobody")
+                       if that user can run this Python (not when it lives under /root).
+
+Every limit degrades gracefully: what the OS refuses is reported (--probe) and skipped.
+"""
+import ctypes
+import json
+import os
+import resource
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+
+
+def _unshare(flags):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(flags) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def _mount(source, target, flags):
+    libc = ctypes.CDLL(None, use_errno=True)
+    src = source.encode() if source else None
+    if libc.mount(src, target.encode(), None, flags, None) != 0:
+        raise OSError(ctypes.get_errno(), f"mount {target}: {os.strerror(ctypes.get_errno())}")
+
+
+def readonly_mounts(readonly, writable):
+    """In the current (private) mount namespace: `readonly` folders read-only, `writable` ones
+    (inside them) writable again."""
+    _mount(None, "/", MS_REC | MS_PRIVATE)
+    for path in readonly:
+        _mount(path, path, MS_BIND | MS_REC)
+        _mount(None, path, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    for path in writable:
+        # A bind mount copies the read-only flag of the mount it comes from: remount it rw.
+        _mount(path, path, MS_BIND)
+        _mount(None, path, MS_REMOUNT | MS_BIND)
+    os.chdir(os.getcwd())  # the working folder through the new mounts
+
+
+def isolate(network, mounts):
+    """Enter new namespaces (network and/or mount); return how, or raise OSError."""
+    flags = (CLONE_NEWNET if network else 0) | (CLONE_NEWNS if mounts else 0)
+    try:
+        _unshare(flags)
+        return "namespaces"
+    except OSError:
+        uid, gid = os.getuid(), os.getgid()
+        _unshare(CLONE_NEWUSER | flags)
+        # Map our own ids so file permissions stay what they were.
+        try:
+            with open("/proc/self/setgroups", "w") as f:
+                f.write("deny")
+            with open("/proc/self/uid_map", "w") as f:
+                f.write(f"{uid} {uid} 1")
+            with open("/proc/self/gid_map", "w") as f:
+                f.write(f"{gid} {gid} 1")
+        except OSError:
+            pass
+        return "user namespaces"
+
+
+def _others_can_run(path):
+    """True if a user other than the owner can execute `path` (every folder above it too)."""
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    for i in range(2, len(parts) + 1):
+        mode = os.stat(os.sep.join(parts[:i]) or os.sep).st_mode
+        if not mode & 0o001:
+            return False
+    return True
+
+
+def sandbox_user():
+    """(uid, gid) to drop to, or None when not root / not wanted / unknown user."""
+    if os.geteuid() != 0:
+        return None
+    name = os.environ.get("GRADER_USER", "nobody")
+    if not name:
+        return None
+    try:
+        import pwd
+        entry = pwd.getpwnam(name)
+    except (KeyError, ImportError):
+        return None
+    if not _others_can_run(sys.executable):
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def apply_limits(connection_file=None):
+    """Apply every configured limit; return {limit: 'on ...' | 'unavailable: why'}."""
+    report = {}
+    mem = int(os.environ.get("GRADER_MEMORY_MB", "0") or 0)
+    if mem > 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_DATA, (mem << 20, mem << 20))
+            report["memory"] = f"on ({mem} MB data segment)"
+        except (ValueError, OSError) as exc:
+            report["memory"] = f"unavailable: {exc}"
+    fsize = int(os.environ.get("GRADER_FILE_MB", "0") or 0)
+    if fsize > 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize << 20, fsize << 20))
+            report["file size"] = f"on ({fsize} MB)"
+        except (ValueError, OSError) as exc:
+            report["file size"] = f"unavailable: {exc}"
+    network = os.environ.get("GRADER_NO_NETWORK") == "1"
+    readonly = [p for p in os.environ.get("GRADER_READONLY", "").split(os.pathsep) if p]
+    writable = [os.getcwd()] + [p for p in os.environ.get("GRADER_WRITABLE", "").split(os.pathsep) if p]
+    try:
+        how = isolate(network, bool(readonly))
+        if network:
+            report["network"] = f"off ({how})"
+        if readonly:
+            try:
+                readonly_mounts(readonly, writable)
+                report["files"] = "read-only outside its folder"
+            except OSError as exc:
+                report["files"] = f"unprotected: {exc}"
+    except OSError as exc:
+        if network:
+            report["network"] = f"unavailable: {exc}"
+        if readonly:
+            report["files"] = f"unprotected: {exc}"
+    ids = sandbox_user()
+    if ids is not None:
+        uid, gid = ids
+        try:
+            if connection_file:
+                os.chown(connection_file, uid, gid)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            report["user"] = f"uid {uid}"
+        except OSError as exc:
+            report["user"] = f"unchanged: {exc}"
+    return report
+
+
+def die_with_parent():
+    """The kernel gets SIGKILL when nbgrader (its parent) dies, e.g. killed for running over the
+    grader's wall-clock limit. Set after setuid, which clears it; survives exec."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv):
+    if argv[1:] == ["--probe"]:
+        print(json.dumps(apply_limits()))
+        return 0
+    cmd = argv[1:]
+    if not cmd:
+        print(__doc__, file=sys.stderr)
+        return 2
+    conn = None
+    if "-f" in cmd and cmd.index("-f") + 1 < len(cmd):
+        conn = cmd[cmd.index("-f") + 1]
+    apply_limits(conn)
+    die_with_parent()
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
