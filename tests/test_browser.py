@@ -108,3 +108,14 @@ def test_solutions_notebook_runs_clean_with_a_figure(lab_page, name):
     assert shown["onScreen"] and shown["images"], \
         f"{path}: the figure of cell {with_image[0]} is not rendered as an image on the page"
     lab_page.screenshot(f"{name}-solutions.png")
+
+
+def test_missing_chromium_skips_locally_and_fails_in_ci(monkeypatch, tmp_path):
+    """Without /usr/bin/chromium: a skip that says why on a laptop, a failure in CI."""
+    monkeypatch.setattr(bh, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="is not installed"):
+        bh.require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must provide it"):
+        bh.require_chromium()
