@@ -194,23 +194,21 @@ def md5(path):
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def notebook06():
+def test_mnist_downloads_through_torchvision_when_data_is_absent(tmp_path, monkeypatch):
+    """Colab has no data/ and no COURSE_DATA: notebook 06's setup cell and load_mnist, run in an
+    empty folder, must download MNIST through torchvision into the root they are given."""
+    import torchvision
+    from grader import solution_code
     if not any(p.stem.startswith("06_") for p in SOLUTIONS):
         pytest.fail("solutions/06_mnist_row_by_row.ipynb is missing: load_mnist cannot be checked")
-    from grader import solution_code
-    return solution_code.load("06")
-
-
-def test_mnist_downloads_through_torchvision_when_data_is_absent(notebook06, tmp_path, monkeypatch):
-    """Colab has no data/: load_mnist(root=<empty folder>) must download through torchvision."""
-    import torchvision
     for f in MNIST_FILES:
         assert (MNIST_RAW / f).is_file(), f"data/MNIST/raw/{f} is missing (the test serves it)"
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    # Nothing may fall back to the repository's copy: the notebook must use the root it is given.
-    monkeypatch.setenv("COURSE_DATA", str(tmp_path / "no-such-data"))
+    monkeypatch.delenv("COURSE_DATA", raising=False)       # as on Colab: no grader, no clone
+    content = tmp_path / "content"                          # Colab's working folder, empty
+    content.mkdir()
+    monkeypatch.chdir(content)
     root = tmp_path / "colab"
     root.mkdir()
     with serve_folder(MNIST_RAW) as (url, requests):
@@ -219,11 +217,16 @@ def test_mnist_downloads_through_torchvision_when_data_is_absent(notebook06, tmp
                             [(f, md5(MNIST_RAW / f)) for f in MNIST_FILES])
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
                 contextlib.redirect_stderr(quiet):
-            train_x, train_y, test_x, test_y = notebook06["load_mnist"](root=str(root))
+            load_mnist = solution_code.load("06")["load_mnist"]     # setup cell runs here
+            train_x, train_y, test_x, test_y = load_mnist(root=str(root))
+            explicit_requests = list(requests)
+            wrote_elsewhere = sorted(p.name for p in content.iterdir())
+            requests.clear()
+            default_sizes = [len(t) for t in load_mnist()]    # what a Colab student runs
     # (torchvision opens each URL twice: once to follow redirects, once to fetch it)
-    served = sorted({p.lstrip("/") for p in requests})
+    served = sorted({p.lstrip("/") for p in explicit_requests})
     assert served == sorted(MNIST_FILES), "load_mnist(root=<empty folder>) did not download the " \
-        f"four MNIST files through torchvision's mirrors (GET requests seen: {sorted(requests)})"
+        f"four MNIST files through torchvision's mirrors (GET requests seen: {explicit_requests})"
     assert (len(train_x), len(train_y), len(test_x), len(test_y)) == (60000, 60000, 10000, 10000)
     assert tuple(train_x.shape[-2:]) == (28, 28) and tuple(test_x.shape[-2:]) == (28, 28), \
         f"images should be 28×28, got {tuple(train_x.shape)}"
@@ -231,3 +234,12 @@ def test_mnist_downloads_through_torchvision_when_data_is_absent(notebook06, tmp
     assert set(train_y.unique().tolist()) == set(range(10)), "labels should be the digits 0–9"
     assert {p.name for p in (root / "MNIST" / "raw").iterdir()} >= set(MNIST_FILES), \
         f"the download did not land in {root}/MNIST/raw"
+    assert not wrote_elsewhere, f"load_mnist(root=...) wrote into the working folder: {wrote_elsewhere}"
+
+    # load_mnist() with no root, in a folder without data/ (Colab): downloads under ./data
+    assert sorted({p.lstrip("/") for p in requests}) == sorted(MNIST_FILES), \
+        f"load_mnist() in a folder without data/ did not download MNIST (GET requests: {requests})"
+    assert default_sizes == [60000, 60000, 10000, 10000], f"load_mnist() sizes: {default_sizes}"
+    landed = {p.name for p in content.rglob("*") if p.is_file()}
+    assert landed >= set(MNIST_FILES), \
+        f"load_mnist() did not download into the working folder (found {sorted(landed)})"
