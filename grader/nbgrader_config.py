@@ -1,5 +1,6 @@
-# nbgrader configuration for the course. Every grader command passes this file with --config;
-# an instructor can copy it next to their own course directory.
+# nbgrader configuration for the course. nbgrader ignores --config and reads nbgrader_config.py
+# from its working directory, so every grader command writes one there that loads this file
+# (grader/course_dir.py). An instructor can copy it next to their own course directory.
 c = get_config()  # noqa: F821  (injected by traitlets)
 
 c.CourseDirectory.course_id = "inside-pytorch-rnn"

@@ -4,10 +4,7 @@ Each solutions notebook is its own nbgrader assignment. nbgrader's generate_assi
 solutions and hidden tests and clears outputs; this step then stamps the "Open in Colab" badge
 (built from course.toml, the one place the repository address lives) and writes notebooks/.
 """
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,20 +30,15 @@ def badge_cell(name):
     return cell
 
 
-def nbgrader_cmd(*args):
-    return [sys.executable, "-m", "nbgrader", *args, "--config", str(paths.NBGRADER_CONFIG)]
-
-
-def generate_one(name, course):
-    """Run nbgrader generate_assignment for one assignment in `course`; return the notebook."""
-    src = course / "source" / name
+def generate_one(name, course_root):
+    """Run nbgrader generate_assignment for one assignment in a throw-away course; return it."""
+    from .course_dir import Course
+    course = Course(course_root)
+    src = course.root / "source" / name
     src.mkdir(parents=True)
     shutil.copy(paths.solution_path(name), src / f"{name}.ipynb")
-    proc = subprocess.run(
-        nbgrader_cmd("generate_assignment", name, "--force", "--no-db",
-                     f"--CourseDirectory.root={course}", "--log-level=WARN"),
-        cwd=course, env=paths.tool_env(), capture_output=True, text=True)
-    out = course / "release" / name / f"{name}.ipynb"
+    proc = course.run("generate_assignment", name, "--force", "--no-db")
+    out = course.root / "release" / name / f"{name}.ipynb"
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"nbgrader generate_assignment failed for {name}:\n{proc.stdout}\n{proc.stderr}")
     return nbformat.read(out, as_version=4)
@@ -123,6 +115,3 @@ def add_arguments(parser):
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 naming each stale notebook")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(paths.assignments()))

@@ -4,9 +4,6 @@ Per-notebook behaviour (reference code against PyTorch, wrong answers scoring le
 tests/test_nbNN_*.py.
 """
 import re
-import subprocess
-import sys
-
 import nbformat
 import pytest
 
@@ -155,23 +152,20 @@ def test_nbgrader_round_trip(name, graded):
     assert score == 0, course.scores(name, "untouched")
 
 
-def validate(notebooks, invert=False):
-    cmd = [sys.executable, "-m", "nbgrader", "validate", *map(str, notebooks),
-           "--config", str(paths.NBGRADER_CONFIG)]
-    if invert:
-        cmd.append("--invert")
+def validate(notebooks, course_root, invert=False):
+    args = ["validate", *map(str, notebooks)] + (["--invert"] if invert else [])
     # nbgrader validate exits 0 whatever it finds: its verdict is in the text.
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=paths.tool_env(), timeout=1200)
+    proc = Course(course_root).run(*args, timeout=1800)
     return proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
-def test_nbgrader_validate_passes_on_every_source():
-    out = validate([paths.solution_path(n) for n in NAMES])
+def test_nbgrader_validate_passes_on_every_source(tmp_path):
+    out = validate([paths.solution_path(n) for n in NAMES], tmp_path)
     assert out.count("Success! Your notebook passes all the tests.") == len(NAMES), out[-4000:]
 
 
 @pytest.mark.slow
-def test_nbgrader_validate_invert_finds_no_passing_test_in_student_copies():
-    out = validate([paths.student_path(n) for n in NAMES], invert=True)
+def test_nbgrader_validate_invert_finds_no_passing_test_in_student_copies(tmp_path):
+    out = validate([paths.student_path(n) for n in NAMES], tmp_path, invert=True)
     assert out.count("Success! The notebook does not pass any tests.") == len(NAMES), out[-4000:]
