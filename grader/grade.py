@@ -234,11 +234,12 @@ def kernel_env(root, opts):
     env["OMP_NUM_THREADS"] = str(opts.threads)
     home = root / "home"
     runtime = root / "runtime"
-    for d in (home, runtime, home / ".ipython", home / ".mpl", home / ".cache"):
+    for d in (home, runtime, home / ".ipython", home / ".mpl", home / ".cache", home / "tmp"):
         d.mkdir(exist_ok=True)
         d.chmod(0o1777)
     env.update(HOME=str(home), IPYTHONDIR=str(home / ".ipython"), MPLCONFIGDIR=str(home / ".mpl"),
-               JUPYTER_RUNTIME_DIR=str(runtime), XDG_CACHE_HOME=str(home / ".cache"))
+               JUPYTER_RUNTIME_DIR=str(runtime), XDG_CACHE_HOME=str(home / ".cache"),
+               TMPDIR=str(home / "tmp"))
     # The kernel may write its notebook's folder, its HOME and runtime folder, nothing of ours.
     env["GRADER_READONLY"] = os.pathsep.join(str(p) for p in opts.readonly)
     env["GRADER_WRITABLE"] = os.pathsep.join([str(home), str(runtime)])
@@ -413,7 +414,9 @@ def grade(submissions, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memo
     tmp = tempfile.mkdtemp(prefix="course-grade-", dir=work_parent)
     os.chmod(tmp, 0o755)
     work = Path(tmp)
-    opts.readonly = tuple(dict.fromkeys([paths.ROOT, work, submissions, out_dir]))
+    # "/" first: the whole root file system read-only for student code where the OS allows it;
+    # our folders named explicitly in case they live on other mounts.
+    opts.readonly = tuple(dict.fromkeys(["/", paths.ROOT, work, submissions, out_dir]))
     rows = []
     try:
         sandbox = probe(opts)

@@ -51,6 +51,10 @@ def readonly_mounts(readonly, writable):
     (inside them) writable again."""
     _mount(None, "/", MS_REC | MS_PRIVATE)
     for path in readonly:
+        if path == "/":
+            # The root file system itself, in this namespace only (separate mounts keep theirs).
+            _mount(None, "/", MS_REMOUNT | MS_BIND | MS_RDONLY)
+            continue
         _mount(path, path, MS_BIND | MS_REC)
         _mount(None, path, MS_REMOUNT | MS_BIND | MS_RDONLY)
     for path in writable:

@@ -221,10 +221,13 @@ class GuardedExecute(Execute):
         cell = NotebookNode(cell_type="code", source=source.replace("{token}", self._guard_token),
                             metadata=NotebookNode(), outputs=[], execution_count=None,
                             id=f"grader-guard-{index}")
+        real = self.nb.cells[index]
         try:
             self.execute_cell(cell, index, store_history=False)
         except Exception as exc:  # noqa: BLE001 - any failure means the guard did not run
             return f"{type(exc).__name__}: {exc}"
+        finally:
+            self.nb.cells[index] = real  # nbclient stores the executed cell at `index`
         for out in cell.outputs:
             if out.output_type == "error":
                 return f"{out.ename}: {out.evalue}"

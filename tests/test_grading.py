@@ -1,0 +1,159 @@
+"""`python -m grader grade`: finding submissions, and the corpus of bad submissions end to end.
+
+The slow test grades notebook 01 for every corpus submission (tests/fixtures/corpus.py builds
+them from the current solutions/ and notebooks/), with --jobs 2, and asserts each score, that
+the batch finished, and that SUBMISSIONS is byte-identical afterwards.
+"""
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grader import grade, paths
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("corpus", ROOT / "tests" / "fixtures" / "corpus.py")
+corpus = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(corpus)
+
+A = "01_gate_equations"
+
+
+def _ids(name):
+    nb = nbformat.read(paths.solution_path(name), as_version=4)
+    return {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells} - {None}
+
+
+# ------------------------------------------------------------------ fast: matching and discovery
+
+def test_match_rules(tmp_path):
+    names = [A, "02_counting_parameters"]
+    ids = {n: _ids(n) if paths.solution_path(n).exists() else set() for n in names}
+    exact = tmp_path / f"{A}.ipynb"
+    exact.write_text("{}")
+    similar = tmp_path / "02-Counting-Parameters (3).ipynb"
+    similar.write_text("{}")
+    stray = tmp_path / "notes.txt"
+    stray.write_text("hi")
+    found, problems, unmatched = grade.match_files([exact, similar, stray], names, ids)
+    assert found == {A: exact, "02_counting_parameters": similar}
+    assert problems == {} and unmatched == [stray]
+
+
+def test_content_match_ambiguous_and_missing(tmp_path):
+    untitled = tmp_path / "Untitled.ipynb"
+    untitled.write_bytes(paths.solution_path(A).read_bytes())
+    found, problems, _ = grade.match_files([untitled], [A], {A: _ids(A)})
+    assert found == {A: untitled}, "a renamed notebook is recognised by its nbgrader cell ids"
+
+    one, two = tmp_path / f"{A}-v1.ipynb", tmp_path / f"{A}-v2.ipynb"
+    one.write_text("{}")
+    two.write_text("{}")
+    found, problems, _ = grade.match_files([one, two], [A], {A: set()})
+    assert found == {} and problems[A][0] == "ambiguous"
+    found, problems, _ = grade.match_files([], [A], {A: set()})
+    assert problems[A][0] == "missing"
+
+
+def test_discover_lms_shapes(tmp_path):
+    (tmp_path / "Jane Doe_42_assignsubmission_file_" / "sub").mkdir(parents=True)
+    (tmp_path / "Jane Doe_42_assignsubmission_file_" / "sub" / f"{A}.ipynb").write_text("{}")
+    (tmp_path / "bob").mkdir()
+    (tmp_path / "bob" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "bob" / ".ipynb_checkpoints" / f"{A}-checkpoint.ipynb").write_text("{}")
+    (tmp_path / f"smithj_late_123_456_{A}.ipynb").write_text("{}")
+    (tmp_path / "README.txt").write_text("top-level file without a notebook name")
+    students, warnings = grade.discover(tmp_path, [A], {A: set()})
+    by_name = {s.name: s for s in students}
+    assert set(by_name) == {"Jane Doe_42", "bob", "smithj"}
+    assert A in by_name["Jane Doe_42"].found and A in by_name["smithj"].found
+    assert by_name["bob"].problems[A][0] == "missing", "checkpoints are never graded"
+    assert any("README.txt" in w for w in warnings)
+
+
+def test_check_readable(tmp_path):
+    cases = {"empty.ipynb": b"", "blank.ipynb": b"  \n", "bad.ipynb": b"{not json",
+             "list.ipynb": b"[1, 2]", "bin.ipynb": b"\xff\xfe\x00"}
+    for fname, data in cases.items():
+        (tmp_path / fname).write_bytes(data)
+        assert grade.check_readable(tmp_path / fname), fname
+    assert grade.check_readable(paths.solution_path(A)) is None
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "grader", *args], cwd=ROOT, capture_output=True,
+                          text=True)
+
+
+def test_clear_messages(tmp_path):
+    proc = _cli("grade", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = _cli("grade", str(tmp_path / "empty"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "no student submissions" in proc.stderr
+    proc = _cli("grade", str(tmp_path / "empty"), "--out", str(tmp_path / "empty" / "o"))
+    assert proc.returncode == 2 and "must not be inside" in proc.stderr
+    proc = _cli("grade", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--assignments", "99")
+    assert proc.returncode == 2 and "No notebook called" in proc.stderr
+
+
+def test_sandbox_probe_reports_every_limit():
+    opts = grade.Options(timeout=10, wall=60, memory_mb=2048, file_mb=10, network=False, threads=1,
+                         readonly=(str(ROOT),))
+    report = grade.probe(opts)
+    assert report["memory"].startswith("on")
+    assert "network" in report and "files" in report   # on, or "unavailable: why"
+
+
+# ------------------------------------------------------------------ slow: the corpus, end to end
+
+@pytest.mark.slow
+def test_corpus(tmp_path):
+    subs = tmp_path / "submissions"
+    subs.mkdir()
+    expected = corpus.build(subs, A)
+    before = corpus.tree_digest(subs)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "grader", "grade", str(subs), "--out", str(out), "--jobs", "2",
+         "--timeout", "30", "--assignments", "01", "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert corpus.tree_digest(subs) == before, "SUBMISSIONS must be byte-identical afterwards"
+
+    with open(out / "grades.csv") as f:
+        rows = {r["student"]: r for r in csv.DictReader(f)}
+    assert set(rows) == set(expected), "one row per student and notebook (the batch finished)"
+    full = corpus.max_score(nbformat.read(paths.solution_path(A), as_version=4))
+    wrong = float(rows["wrong"]["score"])
+    assert wrong < full, "the wrong-answer control must lose points"
+    problems = []
+    for student, exp in expected.items():
+        r = rows[student]
+        want = wrong if exp.score == "wrong" else exp.score
+        got = float(r["score"])
+        ok_score = got < full if want == "below full" else abs(got - float(want)) < 1e-9
+        if not ok_score or r["status"] != exp.status or float(r["max_score"]) != full:
+            problems.append(f"{student}: got {got}/{r['max_score']} {r['status']} ({r['detail']}), "
+                            f"want {want} {exp.status} ({exp.note})")
+    assert not problems, "\n".join(problems)
+
+    # Feedback for every graded notebook; the 30 MB print is truncated in it.
+    for student, r in rows.items():
+        html = out / "feedback" / grade.Student(student).folder / f"{A}.html"
+        assert html.exists() == (r["status"] in ("graded", "timeout")), student
+    assert (out / "feedback" / "renamed_loud" / f"{A}.html").stat().st_size < 3_000_000
+    hog = (out / "feedback" / "memory_hog" / f"{A}.html").read_text()
+    assert "MEMORY: refused" in hog and "MEMORY: allocated" not in hog
+    hostile = (out / "feedback" / "hostile" / f"{A}.html").read_text()
+    assert "WROTE OUTSIDE: nothing" in hostile
+    if "network off" in proc.stderr:
+        assert "NETWORK: blocked" in hostile
+    for where in (ROOT, ROOT.parent, Path("/tmp"), Path("/"), tmp_path, subs, out):
+        assert not (where / "CORPUS_PWNED").exists(), where
