@@ -387,3 +387,19 @@ def test_symptom_messages_name_the_cause(ns, grade_cells):
         with pytest.raises(AssertionError) as info:
             _run_cell(_visible(grade_cells[f"test_{name}"]), ns, name, ns[PAIRS[name]])
         assert phrase in str(info.value), (name, str(info.value))
+
+
+def test_grade_cells_reject_shortcuts_that_defeat_the_exercise(ns, grade_cells):
+    """gru_cell through nn.GRUCell's kernel and stacked_rnn through a multi-layer module built from
+    the layers' weights give the right numbers but skip the point: the hidden tests catch both."""
+    def gru_cell_builtin(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
+        return torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+
+    def stacked_rnn_twin(layers, x, h0=None):
+        return stack_twin(layers)(x, h0)
+
+    for name, impl, phrase in [("gru_cell", gru_cell_builtin, "by hand"),
+                               ("stacked_rnn", stacked_rnn_twin, "call each layer once")]:
+        _run_cell(_visible(grade_cells[f"test_{name}"]), ns, name, impl)      # right numbers...
+        with pytest.raises(AssertionError, match=phrase):                     # ...wrong route
+            _run_cell(grade_cells[f"test_{name}"], ns, name, impl)
