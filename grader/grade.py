@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,6 +375,7 @@ def write_csv(path, rows):
             w.writerow(r)
 
 
+TIMING = {}  # seconds of the last grade() call: template_s (generate), students_s (grading)
 DEFAULT_TIMEOUT = 300  # seconds per cell, as in nbgrader_config.py (notebook 06 trains there)
 
 
@@ -423,7 +425,10 @@ def grade(submissions, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memo
         print("Student code runs with: " + "; ".join(f"{k} {v}" for k, v in sandbox.items()),
               file=sys.stderr)
         print(f"Generating {len(assignments)} assignment(s) from solutions/ ...", file=sys.stderr)
+        started = time.perf_counter()
         max_scores = build_template(work / "template", assignments)
+        TIMING["template_s"] = time.perf_counter() - started
+        started = time.perf_counter()
         from tqdm import tqdm
         bar = tqdm(total=len(students), unit="student", desc="grading", disable=not progress,
                    file=sys.stderr)
@@ -446,6 +451,7 @@ def grade(submissions, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memo
                 with lock:
                     bar.update(1)
         bar.close()
+        TIMING["students_s"] = time.perf_counter() - started
         for s in students:
             rows.extend(results[s.name])
         write_csv(out_dir / "grades.csv", rows)

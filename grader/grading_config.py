@@ -15,7 +15,14 @@ from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput, SaveAutoGrades)
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 
-from grader.sandbox import GuardedExecute  # noqa: E402
+from nbgrader.preprocessors import ClearOutput, DeduplicateIds, OverwriteKernelspec  # noqa: E402
+
+from grader.sandbox import GuardedExecute, RestoringOverwriteCells  # noqa: E402
+
+# Deleted test cells come back from the source wherever they sat (see RestoringOverwriteCells).
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoringOverwriteCells, CheckCellMetadata]
+c.RestoringOverwriteCells.add_missing_cells = True
 
 c.Autograde.autograde_preprocessors = [
     GuardedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,

@@ -269,3 +269,39 @@ class GuardedExecute(Execute):
                     if isinstance(value, str) and len(value) > 5 * limit:
                         out.data[mime] = (value[:limit] + " ... truncated by the grader"
                                           if mime.startswith("text/") else "")
+
+
+from nbgrader import utils as _nbutils  # noqa: E402
+from nbgrader.preprocessors import OverwriteCells  # noqa: E402
+
+
+class RestoringOverwriteCells(OverwriteCells):
+    """OverwriteCells whose add_missing_cells works wherever the deleted test cell sat.
+
+    nbgrader 0.9.6 puts a deleted grade cell back after the source cell just before it and
+    raises KeyError when that one is not a solution or grade cell (a markdown cell, say). Here it
+    goes after the nearest earlier source cell still present (any cell with a grade id), or first.
+    """
+
+    def add_missing_grade_cells(self, nb, resources):
+        source_nb = self.gradebook.find_notebook(self.notebook_id, self.assignment_id)
+        source_cells = source_nb.source_cells
+        order = [cell.name for cell in source_cells]
+        solution_ids = {cell.name for cell in source_nb.solution_cells}
+        for grade_cell in source_nb.grade_cells:
+            present = {c.metadata.get("nbgrader", {}).get("grade_id"): i
+                       for i, c in enumerate(nb.cells) if _nbutils.is_grade(c)
+                       or _nbutils.is_solution(c) or _nbutils.is_locked(c)}
+            if grade_cell.name in present:
+                continue
+            self.log.warning("Missing grade cell %s encountered, adding to notebook", grade_cell.name)
+            pos = order.index(grade_cell.name)
+            cell = self.missing_cell_transform(source_cells[pos], grade_cell.max_score,
+                                               is_solution=grade_cell.name in solution_ids)
+            where = 0
+            for earlier in reversed(order[:pos]):
+                if earlier in present:
+                    where = present[earlier] + 1
+                    break
+            nb.cells.insert(where, cell)
+        return nb, resources

@@ -81,7 +81,10 @@ def run(nb, cwd, timeout):
     from nbclient import NotebookClient
     client = NotebookClient(nb, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
                             kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
-    client.execute()
+    import subprocess
+    # The kernel's own log (e.g. ipykernel's transport notice) is not the student's business;
+    # cell output, errors included, comes back through the notebook protocol.
+    client.execute(stderr=subprocess.DEVNULL)
     return nb
 
 

@@ -157,3 +157,39 @@ def test_corpus(tmp_path):
         assert "NETWORK: blocked" in hostile
     for where in (ROOT, ROOT.parent, Path("/tmp"), Path("/"), tmp_path, subs, out):
         assert not (where / "CORPUS_PWNED").exists(), where
+
+
+# ------------------------------------------------------------------ the guard, without nbgrader's db
+
+def _cell(kind, source, **meta):
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["nbgrader"] = {"grade_id": meta.pop("gid"), "schema_version": 3, "task": False,
+                                 "solution": kind == "answer", "grade": kind == "test",
+                                 "locked": kind != "answer", **meta}
+    return cell
+
+
+def test_guard_defeats_monkeypatching(tmp_path):
+    """A grade cell sees pristine torch/builtins although the answer cell patched them."""
+    from grader.sandbox import GuardedExecute
+    from nbgrader.preprocessors import Execute
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        _cell("setup", "import torch\nfrom torch import nn\n_helper = lambda: 'instructor'", gid="setup"),
+        _cell("answer", "import builtins\n" + corpus.CHEAT + "\n_helper = lambda: 'student'\n"
+              "nn = None\n", gid="answer"),
+        _cell("test", "assert not torch.allclose(torch.zeros(2), torch.ones(2))\n"
+              "assert not torch.equal(torch.zeros(2), torch.ones(2))\n"
+              "assert not all([False]) and abs(-1) == 1\n"
+              "assert not bool(torch.zeros(1) == torch.ones(1))\n"
+              "assert _helper() == 'instructor' and nn.LSTM is torch.nn.LSTM\n", gid="test", points=1),
+        _cell("test", "assert all([True]) is True\n", gid="test2", points=1),
+    ]
+    resources = {"metadata": {"path": str(tmp_path)}}
+    guarded = GuardedExecute(timeout=120).preprocess(nbformat.from_dict(nb), dict(resources))[0]
+    errors = [o for c in guarded.cells[2:] for o in c.outputs if o.output_type == "error"]
+    assert not errors, [f"{o.ename}: {o.evalue}" for o in errors]
+    # The control: nbgrader's own Execute lets the patches through, so the test cell passes
+    # only because of the guard.
+    plain = Execute(timeout=120).preprocess(nbformat.from_dict(nb), dict(resources))[0]
+    assert any(o.output_type == "error" for o in plain.cells[2].outputs)
