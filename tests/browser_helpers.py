@@ -36,6 +36,7 @@ CHROMIUM_ARGS = [
     "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
     "--no-proxy-server",          # 127.0.0.1 must never go through an http_proxy from the env
+    "--no-sandbox",               # needed as root, and in most CI containers; the page is local
 ]
 
 SERVER_START_S = 120       # answers /api/status after ~2-3 s idle; 25 s seen on a loaded 2-core box
@@ -158,8 +159,6 @@ def chromium_page(viewport=(1400, 1000)):
     """A fresh headless Chromium page (the system's /usr/bin/chromium); closed on exit."""
     sync_playwright = require_chromium()
     args = list(CHROMIUM_ARGS)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        args.append("--no-sandbox")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args,
                                      timeout=60_000)
