@@ -53,6 +53,7 @@ def first_exercise_index(nb):
     raise AssertionError("the notebook has no exercise (no nbgrader solution cell)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BROWSER_NOTEBOOKS)
 def test_student_notebook_stops_at_first_exercise_and_validates(lab_page, name):
     path = f"notebooks/{name}.ipynb"
@@ -84,6 +85,7 @@ def test_student_notebook_stops_at_first_exercise_and_validates(lab_page, name):
         f"{path}: the Validation Results dialog does not report the unsolved exercise:\n{text}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BROWSER_NOTEBOOKS)
 def test_solutions_notebook_runs_clean_with_a_figure(lab_page, name):
     path = f"solutions/{name}.ipynb"
