@@ -28,3 +28,6 @@ c.Autograde.autograde_preprocessors = [
     GuardedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
     AssignLatePenalties, CheckCellMetadata]
 # GuardedExecute subclasses Execute, so c.Execute.* (timeout, ...) applies to it unchanged.
+# A submission that breaks its own kernel (e.g. patches builtins.isinstance) must not make
+# nbgrader abandon the notebook: missing output counts as a failed cell, the rest is graded.
+c.GuardedExecute.raise_on_iopub_timeout = False
