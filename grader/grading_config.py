@@ -31,3 +31,5 @@ c.Autograde.autograde_preprocessors = [
 # A submission that breaks its own kernel (e.g. patches builtins.isinstance) must not make
 # nbgrader abandon the notebook: missing output counts as a failed cell, the rest is graded.
 c.GuardedExecute.raise_on_iopub_timeout = False
+# Kernels start slowly on a loaded machine with --jobs workers: give them time.
+c.GuardedExecute.startup_timeout = 180
