@@ -35,7 +35,8 @@ class Course:
         process group (nbgrader and its kernel) is killed when it runs over, and
         subprocess.TimeoutExpired is raised."""
         cmd = [sys.executable, "-m", "nbgrader", *args,
-               f"--CourseDirectory.root={self.root}", "--log-level=INFO", *self.extra_config]
+               f"--CourseDirectory.root={self.root}", "--Application.log_level=INFO",
+               *self.extra_config]
         if self.timeout is not None:
             cmd.append(f"--Execute.timeout={int(self.timeout)}")
         proc = subprocess.Popen(cmd, cwd=self.root, env=env or paths.tool_env(),

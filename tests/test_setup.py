@@ -82,8 +82,13 @@ def test_lab_command_starts_without_a_display_and_prints_the_url(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update(HOME=str(tmp_path), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+    import socket
+    with socket.socket() as s:          # a free port, named explicitly: the URL must carry it
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "course.py"), "lab", "--ip=127.0.0.1", "--port=0",
+        [sys.executable, str(ROOT / "course.py"), "lab", "--ip=127.0.0.1", f"--port={free_port}",
+         "--ServerApp.port_retries=20",
          "--IdentityProvider.token=course-test"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
@@ -104,11 +109,20 @@ def test_lab_command_starts_without_a_display_and_prints_the_url(tmp_path):
             url = m and m.group(1)
         assert url, "JupyterLab printed no URL:\n" + "".join(seen[-30:])
         assert "/lab" in url
+        import urllib.error
         import urllib.request
         port = re.search(r":(\d+)/", url).group(1)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token=course-test",
-                                    timeout=10) as r:
-            assert r.status == 200
+        status, last_error = None, None
+        for _ in range(30):             # the URL may be printed a moment before it answers
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token=course-test",
+                                            timeout=10) as r:
+                    status = r.status
+                break
+            except (urllib.error.URLError, ConnectionError) as err:
+                last_error = err
+                time.sleep(1)
+        assert status == 200, f"{url} does not answer ({last_error}); JupyterLab said:\n" + "".join(seen[-30:])
         tree = urllib.request.urlopen(
             f"http://127.0.0.1:{port}/api/contents/notebooks?token=course-test", timeout=10).read()
         assert b"01_gate_equations.ipynb" in tree
