@@ -224,6 +224,7 @@ class Options:
     network: bool
     threads: int
     readonly: tuple = ()
+    data: str = ""          # COURSE_DATA for student kernels ("" keeps the caller's)
 
 
 def kernel_env(root, opts):
@@ -233,6 +234,8 @@ def kernel_env(root, opts):
     env["GRADER_NO_NETWORK"] = "0" if opts.network else "1"
     env.setdefault("GRADER_USER", "nobody")
     env["OMP_NUM_THREADS"] = str(opts.threads)
+    if opts.data:
+        env["COURSE_DATA"] = opts.data
     home = root / "home"
     runtime = root / "runtime"
     for d in (home, runtime, home / ".ipython", home / ".mpl", home / ".cache", home / "tmp"):
@@ -246,6 +249,29 @@ def kernel_env(root, opts):
     env["GRADER_WRITABLE"] = os.pathsep.join([str(home), str(runtime)])
     env.pop("JUPYTER_CONFIG_DIR", None)
     return env
+
+
+def prepare_data(dest):
+    """Decompress the repository's MNIST files into dest/MNIST/raw, readable by every user, and
+    return dest; None when the repository has no MNIST files (the notebook then downloads).
+
+    Student kernels run as an unprivileged user under a read-only root: they can neither
+    decompress into data/ nor read files that an earlier run left there owner-only."""
+    import gzip
+    src = paths.DATA / "MNIST" / "raw"
+    gz = sorted(src.glob("*-ubyte.gz"))
+    if len(gz) != 4:
+        return None
+    raw = Path(dest) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for d in (raw, raw.parent, Path(dest)):
+        d.chmod(0o755)
+    for f in gz:
+        target = raw / f.name[:-3]
+        with gzip.open(f, "rb") as zin, open(target, "wb") as out:
+            shutil.copyfileobj(zin, out)
+        target.chmod(0o644)
+    return Path(dest)
 
 
 def probe(opts):
@@ -379,7 +405,7 @@ TIMING = {}  # seconds of the last grade() call: template_s (generate), students
 DEFAULT_TIMEOUT = 300  # seconds per cell, as in nbgrader_config.py (notebook 06 trains there)
 
 
-def grade(submissions, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memory_mb=2048,
+def grade(submissions, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memory_mb=3072,
           file_mb=200, network=False, progress=True, keep=None, only=None):
     """Grade SUBMISSIONS into OUT_DIR; return the rows written to OUT_DIR/grades.csv.
     `only`: assignment names or numbers to grade (default: every notebook in solutions/)."""
@@ -426,6 +452,8 @@ def grade(submissions, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memo
               file=sys.stderr)
         print(f"Generating {len(assignments)} assignment(s) from solutions/ ...", file=sys.stderr)
         started = time.perf_counter()
+        data = prepare_data(work / "data")
+        opts.data = str(data) if data else ""
         max_scores = build_template(work / "template", assignments)
         TIMING["template_s"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -492,8 +520,8 @@ def add_arguments(parser):
                         help=f"seconds one cell may run (default {DEFAULT_TIMEOUT})")
     parser.add_argument("--wall", type=int, default=None,
                         help="seconds one notebook may take in all (default 4*timeout+120)")
-    parser.add_argument("--memory-mb", type=int, default=2048,
-                        help="data-segment cap for student code, MB (default 2048; 0: none)")
+    parser.add_argument("--memory-mb", type=int, default=3072,
+                        help="data-segment cap for student code, MB (default 3072; notebook 06 did not fit in 2048; 0: none)")
     parser.add_argument("--allow-network", action="store_true",
                         help="let student code use the network (default: cut off where possible)")
     parser.add_argument("--keep", metavar="DIR", help="keep the grading courses under DIR (debugging)")

@@ -193,3 +193,38 @@ def test_guard_defeats_monkeypatching(tmp_path):
     # only because of the guard.
     plain = Execute(timeout=120).preprocess(nbformat.from_dict(nb), dict(resources))[0]
     assert any(o.output_type == "error" for o in plain.cells[2].outputs)
+
+
+# ------------------------------------------------------------------ every solution, through the sandbox
+
+def test_prepare_data_is_readable_by_every_user(tmp_path):
+    """Student kernels run as another user: the MNIST files they read must not be owner-only."""
+    import stat
+    data = grade.prepare_data(tmp_path / "data")
+    assert data is not None, "the repository's data/MNIST/raw/*.gz are missing"
+    files = sorted((data / "MNIST" / "raw").iterdir())
+    assert [f.name for f in files] == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+                                       "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+    for f in files:
+        assert f.stat().st_mode & stat.S_IROTH, f"{f.name} is not readable by other users"
+    assert (data / "MNIST" / "raw" / "train-labels-idx1-ubyte").stat().st_size == 60008
+
+
+@pytest.mark.slow
+def test_grade_command_gives_every_solution_full_marks(tmp_path):
+    """The sandbox (another user, read-only files, memory cap, no network) must not cost a
+    correct submission a point in any notebook — notebook 06 reads MNIST and trains in it."""
+    subs = tmp_path / "submissions" / "model_student"
+    subs.mkdir(parents=True)
+    for name in paths.assignments():
+        (subs / f"{name}.ipynb").write_bytes(paths.solution_path(name).read_bytes())
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "grader", "grade", str(subs.parent), "--out", str(out),
+                           "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "grades.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["assignment"] for r in rows] == paths.assignments()
+    short = [f"{r['assignment']}: {r['score']}/{r['max_score']} {r['status']} {r['detail']}"
+             for r in rows if r["status"] != "graded" or float(r["score"]) != float(r["max_score"])]
+    assert not short, "\n".join(short)
