@@ -378,8 +378,15 @@ def grade_student(index, student, template, work, out_dir, assignments, max_scor
 
     done = [r["assignment"] for r in rows if r["status"] in ("graded", "timeout")
             and course.autograded_notebook(STUDENT_ID, r["assignment"]).exists()]
+    # One nbgrader process for all of them (each start costs seconds); any that it left without
+    # feedback are retried alone, so one bad notebook cannot take the others' feedback with it.
+    batch = None
+    if len(done) > 1:
+        batch = course.run("generate_feedback", f"--student={STUDENT_ID}", "--force", env=env)
     for a in done:
-        proc = course.run("generate_feedback", a, f"--student={STUDENT_ID}", "--force", env=env)
+        proc = batch
+        if not course.feedback_html(STUDENT_ID, a).exists():
+            proc = course.run("generate_feedback", a, f"--student={STUDENT_ID}", "--force", env=env)
         html = course.feedback_html(STUDENT_ID, a)
         if html.exists():
             dest = out_dir / "feedback" / student.folder / f"{a}.html"
