@@ -3,11 +3,15 @@
 nbgrader keeps one course per folder and one SQLite gradebook per course and cannot autograde in
 parallel; callers that want parallelism give each worker its own Course.
 """
+import collections
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from . import paths
@@ -30,15 +34,19 @@ class Course:
             f"load_subconfig({str(self.config)!r})  # noqa: F821\n")
         self.generated = set()
 
-    def run(self, *args, env=None, timeout=None):
-        """Run `nbgrader ARGS` in this course. With `timeout` (seconds of wall clock) the whole
-        process group (nbgrader and its kernel) is killed when it runs over, and
-        subprocess.TimeoutExpired is raised."""
+    def _command(self, args):
         cmd = [sys.executable, "-m", "nbgrader", *args,
                f"--CourseDirectory.root={self.root}", "--Application.log_level=INFO",
                *self.extra_config]
         if self.timeout is not None:
             cmd.append(f"--Execute.timeout={int(self.timeout)}")
+        return cmd
+
+    def run(self, *args, env=None, timeout=None):
+        """Run `nbgrader ARGS` in this course. With `timeout` (seconds of wall clock) the whole
+        process group (nbgrader and its kernel) is killed when it runs over, and
+        subprocess.TimeoutExpired is raised."""
+        cmd = self._command(args)
         proc = subprocess.Popen(cmd, cwd=self.root, env=env or paths.tool_env(),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -68,6 +76,20 @@ class Course:
             raise NbgraderError(f"generate_assignment {name} failed:\n{proc.stderr[-3000:]}")
         self.generated.add(name)
 
+    def generate_all(self, names):
+        """generate_assignment (with db) for several assignments in one nbgrader process (each
+        start costs seconds); if that fails, one at a time, so the error names the notebook."""
+        todo = [n for n in names if n not in self.generated]
+        if len(todo) > 1:
+            for name in todo:
+                src = self.root / "source" / name
+                src.mkdir(parents=True, exist_ok=True)
+                shutil.copy(paths.solution_path(name), src / f"{name}.ipynb")
+            if self.run("generate_assignment", "*", "--force", "--create").returncode == 0:
+                self.generated.update(todo)
+        for name in todo:
+            self.generate(name)
+
     def submission_dir(self, student, name):
         return self.root / "submitted" / student / name
 
@@ -89,6 +111,80 @@ class Course:
             args.append(f"--student={student}")
         return self.run(*args, env=env, timeout=timeout)
 
+    def autograde_submitted(self, student, env=None, wall=None, lines=2000):
+        """One `nbgrader autograde` for every notebook submitted by `student` (in name order).
+
+        nbgrader's start-up costs seconds, so this is much cheaper than one run per notebook.
+        `wall` bounds each notebook separately: the log says when nbgrader starts executing one
+        ("Autograding PATH"); if one runs longer than `wall` seconds the whole process group is
+        killed. Returns (CompletedProcess with the last `lines` lines of stderr, name of the
+        notebook that ran over or None). Which notebooks were graded: see `autograde_complete`."""
+        names = sorted(p.name for p in (self.root / "submitted" / student).iterdir() if p.is_dir())
+        expected = {os.path.realpath(self.autograded_notebook(student, n)): n for n in names}
+        cmd = self._command(["autograde", "*", f"--student={student}", "--force", "--create"])
+        proc = subprocess.Popen(cmd, cwd=self.root, env=env or paths.tool_env(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, errors="replace",
+                                start_new_session=True)
+        # Bounded: a kernel inherits nbgrader's stderr and could print without end.
+        err = collections.deque(maxlen=lines)
+        out = collections.deque(maxlen=lines)
+        current = {"name": None, "since": time.monotonic()}
+        seen = set()
+
+        def read_err():
+            for line in proc.stderr:
+                err.append(line[:2000])
+                m = _AUTOGRADING.match(line.rstrip("\n"))
+                # Only nbgrader's own line for a notebook not yet seen (student code shares the
+                # stream and could print a look-alike).
+                name = expected.get(os.path.realpath(m.group(1))) if m else None
+                if name and name not in seen:
+                    seen.add(name)
+                    current.update(name=name, since=time.monotonic())
+
+        readers = [threading.Thread(target=read_err, daemon=True),
+                   threading.Thread(target=lambda: out.extend(l[:2000] for l in proc.stdout),
+                                    daemon=True)]
+        for t in readers:
+            t.start()
+        overran = None
+        started = time.monotonic()
+        try:
+            while proc.poll() is None:
+                time.sleep(0.2)
+                now = time.monotonic()
+                # Start-up and sanitizing count too: the whole run never exceeds one wall each.
+                if wall and (now - current["since"] > wall
+                             or now - started > wall * (len(names) + 1)):
+                    overran = current["name"] or (names[0] if names else None)
+                    _kill_group(proc)
+                    break
+            proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            raise
+        finally:
+            _kill_group(proc, only_children=True)
+        for t in readers:
+            t.join(timeout=10)
+        return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "".join(err)), overran
+
+    def autograde_complete(self, name, student):
+        """True when every autograded test of `name` has its score in the gradebook (nbgrader
+        writes them after running the whole notebook; a killed run leaves them empty, which the
+        gradebook would otherwise count as 0)."""
+        from nbgrader.api import Gradebook, MissingEntry
+        if not self.autograded_notebook(student, name).exists():
+            return False
+        with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}") as gb:
+            try:
+                nb = gb.find_submission_notebook(name, name, student)
+            except MissingEntry:
+                return False
+            return all(g.auto_score is not None for g in nb.grades
+                       if getattr(g.cell, "cell_type", "code") == "code")
+
     def autograded_notebook(self, student, name):
         return self.root / "autograded" / student / name / f"{name}.ipynb"
 
@@ -105,6 +201,9 @@ class Course:
     def total(self, name, student):
         s = self.scores(name, student)
         return sum(v[0] for v in s.values()), sum(v[1] for v in s.values())
+
+
+_AUTOGRADING = re.compile(r"^\[AutogradeApp \| INFO\] Autograding (.+\.ipynb)$")
 
 
 def _kill_group(proc, only_children=False):

@@ -20,8 +20,10 @@ share a database), with grader/grading_config.py: nbgrader's autograde with
 OverwriteCells.add_missing_cells (edited or deleted test cells are restored from the source), a
 per-cell timeout, and a sandboxed kernel (grader/kernel_launcher.py: memory cap, no network, an
 unprivileged user when run as root) whose hidden tests are immune to monkeypatching
-(grader/sandbox.py). Then generate_feedback. Scores are read from each worker's gradebook (what
-`nbgrader export` reads) and merged into one CSV.
+(grader/sandbox.py). All of a student's notebooks go through one `nbgrader autograde` and one
+`generate_feedback` (each nbgrader start costs seconds); a notebook that run could not finish is
+graded again alone. Scores are read from each worker's gradebook (what `nbgrader export` reads)
+and merged into one CSV.
 
 Statuses: graded; timeout (a cell ran past --timeout and was interrupted, the rest was graded; or
 the whole notebook ran past the wall-clock limit: 0); missing; ambiguous; unreadable (empty, not
@@ -292,12 +294,11 @@ def probe(opts):
 def build_template(root, assignments):
     """A course with every assignment generated (gradebook included): {assignment: max score}."""
     course = Course(root, config=GRADING_CONFIG)
-    for a in assignments:
-        try:
-            course.generate(a)
-        except NbgraderError as exc:
-            raise GradeError(f"could not generate {a} from solutions/ "
-                             f"(is solutions/{a}.ipynb a valid nbgrader source?)\n{exc}") from None
+    try:
+        course.generate_all(assignments)
+    except NbgraderError as exc:
+        raise GradeError(f"could not generate an assignment from solutions/ (is each a valid "
+                         f"nbgrader source?)\n{exc}") from None
     from nbgrader.api import Gradebook
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
         return {a: float(gb.find_assignment(a).max_score) for a in assignments}
@@ -335,12 +336,13 @@ def grade_student(index, student, template, work, out_dir, assignments, max_scor
     course = Course(root, timeout=opts.timeout, config=GRADING_CONFIG)
     course.generated = set(assignments)
     env = kernel_env(root, opts)
-    rows = []
+    by_name = {}
 
     def row(a, status, detail="", score=0.0):
-        rows.append({"student": student.name, "assignment": a, "score": round(score, 4),
-                     "max_score": max_scores[a], "status": status, "detail": detail})
+        by_name[a] = {"student": student.name, "assignment": a, "score": round(score, 4),
+                      "max_score": max_scores[a], "status": status, "detail": detail}
 
+    submitted = {}
     for a in assignments:
         if a in student.problems:
             row(a, *student.problems[a])
@@ -352,21 +354,31 @@ def grade_student(index, student, template, work, out_dir, assignments, max_scor
             continue
         target = course.submit(STUDENT_ID, a, src)
         target.chmod(0o444)
-        try:
-            proc = course.autograde(a, student=STUDENT_ID, env=env, timeout=opts.wall)
-        except subprocess.TimeoutExpired:
-            row(a, "timeout", f"{src.name}: still running after {opts.wall} s (wall-clock "
-                f"limit); stopped, scored 0")
+        submitted[a] = src
+
+    # All of them in one nbgrader process (its start costs seconds per run). A notebook that
+    # nbgrader failed on, or that a kill for another one's wall-clock limit left unstarted, is
+    # graded again alone, so its result and message are what a run of its own gives.
+    batch, overran = (course.autograde_submitted(STUDENT_ID, env=env, wall=opts.wall)
+                      if submitted else (None, None))
+    wall_note = f"still running after {opts.wall} s (wall-clock limit); stopped, scored 0"
+    for a, src in submitted.items():
+        if a == overran:
+            row(a, "timeout", f"{src.name}: {wall_note}")
             continue
-        graded = course.autograded_notebook(STUDENT_ID, a)
-        try:
-            score, _ = course.total(a, STUDENT_ID) if graded.exists() else (None, None)
-        except Exception:  # noqa: BLE001 - no scores in the gradebook
-            score = None
-        if proc.returncode != 0 or score is None:
-            row(a, "error", f"{src.name}: nbgrader could not grade it: {_nbgrader_error(proc.stderr)}")
-            continue
-        timeouts, guard = _inspect_autograded(graded)
+        proc = batch
+        if not course.autograde_complete(a, STUDENT_ID):
+            try:
+                proc = course.autograde(a, student=STUDENT_ID, env=env, timeout=opts.wall)
+            except subprocess.TimeoutExpired:
+                row(a, "timeout", f"{src.name}: {wall_note}")
+                continue
+            if proc.returncode != 0 or not course.autograde_complete(a, STUDENT_ID):
+                row(a, "error", f"{src.name}: nbgrader could not grade it: "
+                    f"{_nbgrader_error(proc.stderr)}")
+                continue
+        score, _ = course.total(a, STUDENT_ID)
+        timeouts, guard = _inspect_autograded(course.autograded_notebook(STUDENT_ID, a))
         detail = src.name if src.name != f"{a}.ipynb" else ""
         if guard:
             detail += f" guard failed before {', '.join(guard)} (scored 0)"
@@ -375,6 +387,7 @@ def grade_student(index, student, template, work, out_dir, assignments, max_scor
                 score)
         else:
             row(a, "graded", detail.strip(), score)
+    rows = [by_name[a] for a in assignments]
 
     done = [r["assignment"] for r in rows if r["status"] in ("graded", "timeout")
             and course.autograded_notebook(STUDENT_ID, r["assignment"]).exists()]
@@ -382,7 +395,7 @@ def grade_student(index, student, template, work, out_dir, assignments, max_scor
     # feedback are retried alone, so one bad notebook cannot take the others' feedback with it.
     batch = None
     if len(done) > 1:
-        batch = course.run("generate_feedback", f"--student={STUDENT_ID}", "--force", env=env)
+        batch = course.run("generate_feedback", "*", f"--student={STUDENT_ID}", "--force", env=env)
     for a in done:
         proc = batch
         if not course.feedback_html(STUDENT_ID, a).exists():

@@ -159,6 +159,41 @@ def test_corpus(tmp_path):
         assert not (where / "CORPUS_PWNED").exists(), where
 
 
+@pytest.mark.slow
+def test_one_student_many_notebooks(tmp_path):
+    """A student's notebooks are autograded in one nbgrader run; one that runs past the wall-clock
+    limit, or that nbgrader cannot grade, costs only its own marks: the others are graded (alone,
+    when the run stopped before them) and a half-run notebook never reads as a score."""
+    a1, a2, a3, a4 = paths.assignments()[:4]
+    sol = {a: nbformat.read(paths.solution_path(a), as_version=4) for a in (a1, a2, a3, a4)}
+    slow = nbformat.from_dict(sol[a2])   # every cell under --timeout, the whole over --wall
+    for _ in range(3):
+        slow.cells.insert(3, nbformat.v4.new_code_cell("import time\ntime.sleep(7)"))
+    odd = nbformat.from_dict(sol[a3])     # nbgrader itself fails on this cell's metadata
+    cell = nbformat.v4.new_code_cell("x = 1")
+    cell.metadata["nbgrader"] = {"schema_version": 99, "grade_id": "mine", "solution": False,
+                                 "grade": False, "locked": False}
+    odd.cells.insert(3, cell)
+    subs = tmp_path / "submissions"
+    for student, nbs in {"mixed": {a1: sol[a1], a2: slow, a3: odd, a4: sol[a4]},
+                         "odd_first": {a3: odd, a4: sol[a4]}}.items():
+        (subs / student).mkdir(parents=True)
+        for a, nb in nbs.items():
+            nbformat.write(nb, subs / student / f"{a}.ipynb")
+    rows = grade.grade(subs, tmp_path / "out", timeout=10, wall=15, progress=False,
+                       only=[a1, a2, a3, a4])
+    got = {(r["student"], r["assignment"]): (r["score"], r["status"]) for r in rows}
+    full = {a: corpus.max_score(sol[a]) for a in sol}
+    assert got == {
+        ("mixed", a1): (full[a1], "graded"), ("mixed", a2): (0, "timeout"),
+        ("mixed", a3): (0, "error"), ("mixed", a4): (full[a4], "graded"),
+        ("odd_first", a1): (0, "missing"), ("odd_first", a2): (0, "missing"),
+        ("odd_first", a3): (0, "error"), ("odd_first", a4): (full[a4], "graded")}, got
+    assert "wall-clock" in next(r["detail"] for r in rows if r["assignment"] == a2)
+    for student, a in (("mixed", a1), ("mixed", a4), ("odd_first", a4)):
+        assert (tmp_path / "out" / "feedback" / student / f"{a}.html").exists()
+
+
 # ------------------------------------------------------------------ the guard, without nbgrader's db
 
 def _cell(kind, source, **meta):
@@ -211,17 +246,27 @@ def test_prepare_data_is_readable_by_every_user(tmp_path):
 
 
 @pytest.mark.slow
-def test_grade_command_gives_every_solution_full_marks(tmp_path):
+def test_grade_gives_every_solution_full_marks_in_few_nbgrader_runs(tmp_path, monkeypatch):
     """The sandbox (another user, read-only files, memory cap, no network) must not cost a
-    correct submission a point in any notebook — notebook 06 reads MNIST and trains in it."""
+    correct submission a point in any notebook — notebook 06 reads MNIST and trains in it.
+    And a complete submission takes one nbgrader process per step (each start costs seconds,
+    which is most of the difference between meeting the 90 s grading target and not)."""
+    from grader.course_dir import Course
     subs = tmp_path / "submissions" / "model_student"
     subs.mkdir(parents=True)
     for name in paths.assignments():
         (subs / f"{name}.ipynb").write_bytes(paths.solution_path(name).read_bytes())
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "grader", "grade", str(subs.parent), "--out", str(out),
-                           "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = []
+    for method in ("run", "autograde_submitted"):
+        def counted(self, *args, _orig=getattr(Course, method), _name=method, **kw):
+            runs.append(args[0] if _name == "run" else "autograde *")
+            return _orig(self, *args, **kw)
+        monkeypatch.setattr(Course, method, counted)
+    grade.grade(subs.parent, out, progress=False)
+    assert runs == ["generate_assignment", "autograde *", "generate_feedback"], runs
+    assert sorted(p.name for p in (out / "feedback" / "model_student").iterdir()) == [
+        f"{name}.html" for name in paths.assignments()]
     with open(out / "grades.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["assignment"] for r in rows] == paths.assignments()
