@@ -238,17 +238,19 @@ def kernel_env(root, opts):
     env["OMP_NUM_THREADS"] = str(opts.threads)
     if opts.data:
         env["COURSE_DATA"] = opts.data
-    home = root / "home"
-    runtime = root / "runtime"
-    for d in (home, runtime, home / ".ipython", home / ".mpl", home / ".cache", home / "tmp"):
+    # nbgrader's own HOME: it reads Jupyter config and kernelspecs there, so no kernel may write
+    # it. Each kernel gets a new HOME under kernels/ instead (grader/kernel_launcher.py).
+    home, runtime, kernels = root / "home", root / "runtime", root / "kernels"
+    for d, mode in ((home, 0o755), (home / "tmp", 0o755), (kernels, 0o755), (runtime, 0o1777)):
         d.mkdir(exist_ok=True)
-        d.chmod(0o1777)
+        d.chmod(mode)
     env.update(HOME=str(home), IPYTHONDIR=str(home / ".ipython"), MPLCONFIGDIR=str(home / ".mpl"),
                JUPYTER_RUNTIME_DIR=str(runtime), XDG_CACHE_HOME=str(home / ".cache"),
-               TMPDIR=str(home / "tmp"))
-    # The kernel may write its notebook's folder, its HOME and runtime folder, nothing of ours.
+               TMPDIR=str(home / "tmp"), GRADER_KERNEL_HOMES=str(kernels))
+    # The kernel may write its notebook's folder, its own HOME and the runtime folder (its ipc
+    # sockets), nothing of ours.
     env["GRADER_READONLY"] = os.pathsep.join(str(p) for p in opts.readonly)
-    env["GRADER_WRITABLE"] = os.pathsep.join([str(home), str(runtime)])
+    env["GRADER_WRITABLE"] = str(runtime)
     env.pop("JUPYTER_CONFIG_DIR", None)
     return env
 
@@ -276,12 +278,16 @@ def prepare_data(dest):
     return Path(dest)
 
 
-def probe(opts):
-    """What the kernel sandbox can do on this machine: {limit: description}."""
+def probe(opts, homes=None):
+    """What the kernel sandbox can do on this machine: {limit: description}. `homes`: a folder
+    for the kernel's own HOME, as kernel_env gives it."""
     env = paths.tool_env()
     env.update(GRADER_MEMORY_MB=str(opts.memory_mb), GRADER_FILE_MB=str(opts.file_mb),
                GRADER_NO_NETWORK="0" if opts.network else "1",
                GRADER_READONLY=os.pathsep.join(str(p) for p in opts.readonly))
+    if homes:
+        Path(homes).mkdir(parents=True, exist_ok=True)
+        env["GRADER_KERNEL_HOMES"] = str(homes)
     env.setdefault("GRADER_USER", "nobody")
     proc = subprocess.run([sys.executable, str(LAUNCHER), "--probe"], env=env,
                           capture_output=True, text=True)
@@ -467,7 +473,7 @@ def grade(submissions, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memo
     opts.readonly = tuple(dict.fromkeys(["/", paths.ROOT, work, submissions, out_dir]))
     rows = []
     try:
-        sandbox = probe(opts)
+        sandbox = probe(opts, homes=work / "probe")
         print("Student code runs with: " + "; ".join(f"{k} {v}" for k, v in sandbox.items()),
               file=sys.stderr)
         print(f"Generating {len(assignments)} assignment(s) from solutions/ ...", file=sys.stderr)

@@ -18,6 +18,11 @@ Standard library only: it runs before the kernel exists. Settings come from the 
                        kernel's own working folder and GRADER_WRITABLE folders (its HOME, ...).
     GRADER_USER        when started as root: also run the kernel as this user (default "nobody")
                        if that user can run this Python (not when it lives under /root).
+    GRADER_KERNEL_HOMES a folder in which each kernel gets a new, empty HOME (and IPYTHONDIR,
+                       MPLCONFIGDIR, XDG_CACHE_HOME, TMPDIR in it), its only writable place besides
+                       its working folder: nothing an earlier kernel wrote there (IPython startup
+                       files, a .pth in user site-packages, Jupyter config or kernelspecs that the
+                       grader's own nbgrader would read) reaches a later kernel or the grader.
 
 Every limit degrades gracefully: what the OS refuses is reported (--probe) and skipped.
 """
@@ -26,6 +31,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -114,9 +120,40 @@ def sandbox_user():
     return entry.pw_uid, entry.pw_gid
 
 
+HOME_DIRS = {"IPYTHONDIR": ".ipython", "MPLCONFIGDIR": ".mpl", "XDG_CACHE_HOME": ".cache",
+             "TMPDIR": "tmp"}
+
+
+def fresh_home(ids):
+    """A new, empty HOME under GRADER_KERNEL_HOMES, owned by the user the kernel will run as, set
+    in the environment and added to GRADER_WRITABLE; None when GRADER_KERNEL_HOMES is unset."""
+    parent = os.environ.get("GRADER_KERNEL_HOMES")
+    if not parent:
+        return None
+    home = tempfile.mkdtemp(prefix="kernel-", dir=parent)
+    made = [home]
+    for var, sub in HOME_DIRS.items():
+        made.append(os.path.join(home, sub))
+        os.mkdir(made[-1], 0o700)
+        os.environ[var] = made[-1]
+    os.environ["HOME"] = home
+    if ids is not None:
+        for path in made:
+            os.chown(path, *ids)
+    os.environ["GRADER_WRITABLE"] = os.pathsep.join(
+        [home] + [p for p in os.environ.get("GRADER_WRITABLE", "").split(os.pathsep) if p])
+    return home
+
+
 def apply_limits(connection_file=None):
     """Apply every configured limit; return {limit: 'on ...' | 'unavailable: why'}."""
     report = {}
+    ids = sandbox_user()
+    try:
+        if fresh_home(ids):
+            report["home"] = "new and empty for each kernel"
+    except OSError as exc:
+        report["home"] = f"shared: {exc}"
     mem = int(os.environ.get("GRADER_MEMORY_MB", "0") or 0)
     if mem > 0:
         try:
@@ -149,7 +186,6 @@ def apply_limits(connection_file=None):
             report["network"] = f"unavailable: {exc}"
         if readonly:
             report["files"] = f"unprotected: {exc}"
-    ids = sandbox_user()
     if ids is not None:
         uid, gid = ids
         try:

@@ -102,12 +102,16 @@ def test_clear_messages(tmp_path):
     assert proc.returncode == 2 and "No notebook called" in proc.stderr
 
 
-def test_sandbox_probe_reports_every_limit():
+def test_sandbox_probe_reports_every_limit(tmp_path):
     opts = grade.Options(timeout=10, wall=60, memory_mb=2048, file_mb=10, network=False, threads=1,
                          readonly=(str(ROOT),))
-    report = grade.probe(opts)
+    report = grade.probe(opts, homes=tmp_path)
     assert report["memory"].startswith("on")
     assert "network" in report and "files" in report   # on, or "unavailable: why"
+    assert report["home"] == "new and empty for each kernel"
+    homes = list(tmp_path.iterdir())
+    assert len(homes) == 1 and sorted(p.name for p in homes[0].iterdir()) == [
+        ".cache", ".ipython", ".mpl", "tmp"]
 
 
 # ------------------------------------------------------------------ slow: the corpus, end to end
@@ -159,13 +163,38 @@ def test_corpus(tmp_path):
         assert not (where / "CORPUS_PWNED").exists(), where
 
 
+# Leaves code where a later kernel or nbgrader process would run it: an IPython startup file, a
+# .pth in user site-packages, a Jupyter config file in HOME.
+PLANT = """
+import os as _os, pathlib as _pl, site as _site
+_home = _pl.Path(_os.environ.get("HOME", "~")).expanduser()
+for _path, _code in [
+        (_home / ".jupyter" / "nbgrader_config.py", "open({marker!r}, 'w').close()"),
+        (_pl.Path(_os.environ.get("IPYTHONDIR", _home / ".ipython")) / "profile_default" / "startup"
+         / "00-planted.py", "import builtins; builtins.PLANTED = 'startup file'"),
+        (_pl.Path(_site.getusersitepackages()) / "planted.pth", "import builtins; builtins.PLANTED = 'pth'")]:
+    try:
+        _path.parent.mkdir(parents=True, exist_ok=True)
+        _path.write_text(_code + "\\n")
+    except OSError:
+        pass
+"""
+
+
 @pytest.mark.slow
 def test_one_student_many_notebooks(tmp_path):
     """A student's notebooks are autograded in one nbgrader run; one that runs past the wall-clock
     limit, or that nbgrader cannot grade, costs only its own marks: the others are graded (alone,
-    when the run stopped before them) and a half-run notebook never reads as a score."""
+    when the run stopped before them) and a half-run notebook never reads as a score. Nothing a
+    notebook leaves in its HOME runs in a later kernel or in the grader."""
     a1, a2, a3, a4 = paths.assignments()[:4]
     sol = {a: nbformat.read(paths.solution_path(a), as_version=4) for a in (a1, a2, a3, a4)}
+    marker = tmp_path / "GRADER_RAN_PLANTED_CONFIG"
+    planter = nbformat.from_dict(sol[a1])
+    planter.cells.append(nbformat.v4.new_code_cell(PLANT.format(marker=str(marker))))
+    checker = nbformat.from_dict(sol[a4])
+    checker.cells.append(nbformat.v4.new_code_cell(
+        "import builtins\nprint('PLANTED:', getattr(builtins, 'PLANTED', 'nothing'))"))
     slow = nbformat.from_dict(sol[a2])   # every cell under --timeout, the whole over --wall
     for _ in range(3):
         slow.cells.insert(3, nbformat.v4.new_code_cell("import time\ntime.sleep(7)"))
@@ -175,7 +204,7 @@ def test_one_student_many_notebooks(tmp_path):
                                  "grade": False, "locked": False}
     odd.cells.insert(3, cell)
     subs = tmp_path / "submissions"
-    for student, nbs in {"mixed": {a1: sol[a1], a2: slow, a3: odd, a4: sol[a4]},
+    for student, nbs in {"mixed": {a1: planter, a2: slow, a3: odd, a4: checker},
                          "odd_first": {a3: odd, a4: sol[a4]}}.items():
         (subs / student).mkdir(parents=True)
         for a, nb in nbs.items():
@@ -192,6 +221,8 @@ def test_one_student_many_notebooks(tmp_path):
     assert "wall-clock" in next(r["detail"] for r in rows if r["assignment"] == a2)
     for student, a in (("mixed", a1), ("mixed", a4), ("odd_first", a4)):
         assert (tmp_path / "out" / "feedback" / student / f"{a}.html").exists()
+    assert "PLANTED: nothing" in (tmp_path / "out" / "feedback" / "mixed" / f"{a4}.html").read_text()
+    assert not marker.exists(), "nbgrader ran a config file that student code wrote"
 
 
 # ------------------------------------------------------------------ the guard, without nbgrader's db
