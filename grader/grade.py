@@ -229,10 +229,16 @@ class Options:
     data: str = ""          # COURSE_DATA for student kernels ("" keeps the caller's)
 
 
+# Processes and threads one kernel may add: torch's thread pools and a few data-loader workers
+# fit many times over; a fork bomb does not.
+MAX_TASKS = 512
+
+
 def kernel_env(root, opts):
     env = paths.tool_env()
     env["GRADER_MEMORY_MB"] = str(opts.memory_mb)
     env["GRADER_FILE_MB"] = str(opts.file_mb)
+    env["GRADER_MAX_TASKS"] = str(MAX_TASKS)
     env["GRADER_NO_NETWORK"] = "0" if opts.network else "1"
     env.setdefault("GRADER_USER", "nobody")
     env["OMP_NUM_THREADS"] = str(opts.threads)
@@ -283,6 +289,7 @@ def probe(opts, homes=None):
     for the kernel's own HOME, as kernel_env gives it."""
     env = paths.tool_env()
     env.update(GRADER_MEMORY_MB=str(opts.memory_mb), GRADER_FILE_MB=str(opts.file_mb),
+               GRADER_MAX_TASKS=str(MAX_TASKS),
                GRADER_NO_NETWORK="0" if opts.network else "1",
                GRADER_READONLY=os.pathsep.join(str(p) for p in opts.readonly))
     if homes:

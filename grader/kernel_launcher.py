@@ -24,18 +24,27 @@ Standard library only: it runs before the kernel exists. Settings come from the 
                        files, a .pth in user site-packages, Jupyter config or kernelspecs that the
                        grader's own nbgrader would read) reaches a later kernel or the grader.
 
+    GRADER_MAX_TASKS   processes and threads the kernel's user may have (RLIMIT_NPROC), counted
+                       on top of those it has when the kernel starts: a fork bomb fails cleanly.
+
+The kernel runs in a new PID namespace too, under a small init (this launcher, forked): when the
+kernel ends or the launcher is killed, everything it started goes with the namespace (a daemon
+that double-forked, a fork bomb), and nothing in it can signal processes outside (other kernels).
+
 Every limit degrades gracefully: what the OS refuses is reported (--probe) and skipped.
 """
 import ctypes
 import json
 import os
 import resource
+import signal
 import sys
 import tempfile
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 
 
@@ -149,6 +158,13 @@ def apply_limits(connection_file=None):
     """Apply every configured limit; return {limit: 'on ...' | 'unavailable: why'}."""
     report = {}
     ids = sandbox_user()
+    if ids is not None and connection_file:
+        # Now: nbgrader may keep it in a folder that is read-only once the mounts are made.
+        try:
+            os.chown(connection_file, *ids)
+        except OSError as exc:
+            report["user"] = f"unchanged: connection file: {exc}"
+            ids = None
     try:
         if fresh_home(ids):
             report["home"] = "new and empty for each kernel"
@@ -186,18 +202,46 @@ def apply_limits(connection_file=None):
             report["network"] = f"unavailable: {exc}"
         if readonly:
             report["files"] = f"unprotected: {exc}"
+    try:
+        _unshare(CLONE_NEWPID)
+        report["processes"] = "own PID namespace"
+    except OSError as exc:
+        report["processes"] = f"shared PID namespace: {exc}"
     if ids is not None:
         uid, gid = ids
         try:
-            if connection_file:
-                os.chown(connection_file, uid, gid)
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
             report["user"] = f"uid {uid}"
         except OSError as exc:
             report["user"] = f"unchanged: {exc}"
+    tasks = int(os.environ.get("GRADER_MAX_TASKS", "0") or 0)
+    if tasks > 0:
+        # RLIMIT_NPROC counts every task of the (real) user: allow `tasks` more than it has now.
+        limit = _tasks_of(os.getuid()) + tasks
+        try:
+            resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+            report["tasks"] = f"on ({tasks} more processes or threads)"
+        except (ValueError, OSError) as exc:
+            report["tasks"] = f"unavailable: {exc}"
     return report
+
+
+def _tasks_of(uid):
+    """Processes plus threads that `uid` has now (what RLIMIT_NPROC compares with)."""
+    count = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                count += int(fields.get("Threads", "1"))
+        except (OSError, KeyError, ValueError):
+            continue
+    return count
 
 
 def die_with_parent():
@@ -221,9 +265,67 @@ def main(argv):
     conn = None
     if "-f" in cmd and cmd.index("-f") + 1 < len(cmd):
         conn = cmd[cmd.index("-f") + 1]
-    apply_limits(conn)
+    report = apply_limits(conn)
+    if report.get("user", "").startswith("unchanged"):
+        # Root in the kernel could undo every other limit (remount, raise rlimits): refuse.
+        print(f"kernel_launcher: not starting the kernel as root: {report['user']}",
+              file=sys.stderr)
+        return 1
     die_with_parent()
-    os.execvp(cmd[0], cmd)
+    if report.get("processes") != "own PID namespace":
+        os.execvp(cmd[0], cmd)
+    return run_as_init(cmd)
+
+
+FORWARD = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def run_as_init(cmd):
+    """Fork pid 1 of the new PID namespace, which forks and execs the kernel, forwards signals
+    to it and reaps orphans; exit with the kernel's status. Jupyter signals the process group
+    (all three of us): SIGINT is the kernel's alone (an interrupt must arrive once)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init = os.fork()
+    if init == 0:
+        die_with_parent()
+        kernel = os.fork()
+        if kernel == 0:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # ipykernel would see its parent as pid 1 and take that for nbgrader having died;
+            # the namespace takes care of that instead.
+            os.environ.pop("JPY_PARENT_PID", None)
+            try:
+                os.execvp(cmd[0], cmd)
+            finally:
+                os._exit(127)
+        _forward_to(kernel)
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                os._exit(1)
+            except InterruptedError:
+                continue
+            if pid == kernel:
+                # Leaving kills whatever else is still in the namespace.
+                os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    _forward_to(init)
+    while True:
+        try:
+            _, status = os.waitpid(init, 0)
+            return os.waitstatus_to_exitcode(status) & 0xFF
+        except InterruptedError:
+            continue
+
+
+def _forward_to(pid):
+    def forward(signum, _frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    for signum in FORWARD:
+        signal.signal(signum, forward)
 
 
 if __name__ == "__main__":

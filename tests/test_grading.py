@@ -109,9 +109,24 @@ def test_sandbox_probe_reports_every_limit(tmp_path):
     assert report["memory"].startswith("on")
     assert "network" in report and "files" in report   # on, or "unavailable: why"
     assert report["home"] == "new and empty for each kernel"
+    assert "processes" in report and "tasks" in report
     homes = list(tmp_path.iterdir())
     assert len(homes) == 1 and sorted(p.name for p in homes[0].iterdir()) == [
         ".cache", ".ipython", ".mpl", "tmp"]
+
+
+def test_launcher_will_not_start_a_kernel_as_root(tmp_path):
+    """When the kernel should drop to another user and cannot, it must not start at all: root
+    could undo the read-only mounts and the limits."""
+    opts = grade.Options(timeout=10, wall=60, memory_mb=0, file_mb=0, network=False, threads=1)
+    if not grade.probe(opts).get("user", "").startswith("uid "):
+        pytest.skip("the grader does not switch users here (not root)")
+    env = paths.tool_env()
+    env.setdefault("GRADER_USER", "nobody")
+    proc = subprocess.run([sys.executable, str(grade.LAUNCHER), "id", "-f", str(tmp_path / "gone.json")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "not starting the kernel as root" in proc.stderr
+    assert "uid=" not in proc.stdout
 
 
 # ------------------------------------------------------------------ slow: the corpus, end to end
@@ -181,6 +196,30 @@ for _path, _code in [
 """
 
 
+# A daemon in a new session, and a fork bomb; each process is a `sleep` the test can find.
+DAEMON = """
+import subprocess
+subprocess.Popen(["sleep", "3001"], start_new_session=True)
+"""
+FORK_BOMB = """
+import os
+forked = 0
+try:
+    for _ in range(20_000):
+        if os.fork() == 0:
+            os.execvp("sleep", ["sleep", "3002"])
+        forked += 1
+    print("FORK BOMB: not stopped")
+except OSError:
+    print("FORK BOMB: stopped")
+"""
+
+
+def _leftovers():
+    proc = subprocess.run(["pgrep", "-f", "sleep 300[12]"], capture_output=True, text=True)
+    return proc.stdout.split()
+
+
 @pytest.mark.slow
 def test_one_student_many_notebooks(tmp_path):
     """A student's notebooks are autograded in one nbgrader run; one that runs past the wall-clock
@@ -191,10 +230,11 @@ def test_one_student_many_notebooks(tmp_path):
     sol = {a: nbformat.read(paths.solution_path(a), as_version=4) for a in (a1, a2, a3, a4)}
     marker = tmp_path / "GRADER_RAN_PLANTED_CONFIG"
     planter = nbformat.from_dict(sol[a1])
-    planter.cells.append(nbformat.v4.new_code_cell(PLANT.format(marker=str(marker))))
+    planter.cells.append(nbformat.v4.new_code_cell(PLANT.format(marker=str(marker)) + DAEMON))
     checker = nbformat.from_dict(sol[a4])
     checker.cells.append(nbformat.v4.new_code_cell(
-        "import builtins\nprint('PLANTED:', getattr(builtins, 'PLANTED', 'nothing'))"))
+        "import builtins, os\nprint('PLANTED:', getattr(builtins, 'PLANTED', 'nothing'))\n"
+        "print(f'UID: {os.getuid()}.')"))
     slow = nbformat.from_dict(sol[a2])   # every cell under --timeout, the whole over --wall
     for _ in range(3):
         slow.cells.insert(3, nbformat.v4.new_code_cell("import time\ntime.sleep(7)"))
@@ -203,12 +243,15 @@ def test_one_student_many_notebooks(tmp_path):
     cell.metadata["nbgrader"] = {"schema_version": 99, "grade_id": "mine", "solution": False,
                                  "grade": False, "locked": False}
     odd.cells.insert(3, cell)
+    bomb = nbformat.from_dict(sol[a4])    # after its last test
+    bomb.cells.append(nbformat.v4.new_code_cell(FORK_BOMB))
     subs = tmp_path / "submissions"
     for student, nbs in {"mixed": {a1: planter, a2: slow, a3: odd, a4: checker},
-                         "odd_first": {a3: odd, a4: sol[a4]}}.items():
+                         "odd_first": {a3: odd, a4: bomb}}.items():
         (subs / student).mkdir(parents=True)
         for a, nb in nbs.items():
             nbformat.write(nb, subs / student / f"{a}.ipynb")
+    assert not _leftovers(), "sleep 3001/3002 already running: the check below would be wrong"
     rows = grade.grade(subs, tmp_path / "out", timeout=10, wall=15, progress=False,
                        only=[a1, a2, a3, a4])
     got = {(r["student"], r["assignment"]): (r["score"], r["status"]) for r in rows}
@@ -221,8 +264,16 @@ def test_one_student_many_notebooks(tmp_path):
     assert "wall-clock" in next(r["detail"] for r in rows if r["assignment"] == a2)
     for student, a in (("mixed", a1), ("mixed", a4), ("odd_first", a4)):
         assert (tmp_path / "out" / "feedback" / student / f"{a}.html").exists()
-    assert "PLANTED: nothing" in (tmp_path / "out" / "feedback" / "mixed" / f"{a4}.html").read_text()
+    checked = (tmp_path / "out" / "feedback" / "mixed" / f"{a4}.html").read_text()
+    assert "PLANTED: nothing" in checked
     assert not marker.exists(), "nbgrader ran a config file that student code wrote"
+    sandbox = grade.probe(grade.Options(10, 15, 3072, 200, False, 1), homes=tmp_path / "probe")
+    if sandbox.get("user", "").startswith("uid "):
+        assert f"UID: {sandbox['user'].split()[1]}." in checked, "the kernel is not the sandbox user"
+    if sandbox.get("processes") == "own PID namespace":
+        assert not _leftovers(), "a process started by student code outlived its kernel"
+        bombed = (tmp_path / "out" / "feedback" / "odd_first" / f"{a4}.html").read_text()
+        assert "FORK BOMB: stopped" in bombed
 
 
 # ------------------------------------------------------------------ the guard, without nbgrader's db
