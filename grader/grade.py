@@ -18,8 +18,9 @@ How it grades: the assignments are generated once from solutions/ into a templat
 student is graded in a throw-away copy of it (own folder and gradebook, so --jobs workers never
 share a database), with grader/grading_config.py: nbgrader's autograde with
 OverwriteCells.add_missing_cells (edited or deleted test cells are restored from the source), a
-per-cell timeout, and a sandboxed kernel (grader/kernel_launcher.py: memory cap, no network, an
-unprivileged user when run as root) whose hidden tests are immune to monkeypatching
+per-cell timeout, and a sandboxed kernel (grader/kernel_launcher.py: memory and process caps, no
+network, a new HOME and PID namespace per kernel, an unprivileged user when run as root) whose
+hidden tests are immune to monkeypatching
 (grader/sandbox.py). All of a student's notebooks go through one `nbgrader autograde` and one
 `generate_feedback` (each nbgrader start costs seconds); a notebook that run could not finish is
 graded again alone. Scores are read from each worker's gradebook (what `nbgrader export` reads)

@@ -31,7 +31,8 @@ The kernel runs in a new PID namespace too, under a small init (this launcher, f
 kernel ends or the launcher is killed, everything it started goes with the namespace (a daemon
 that double-forked, a fork bomb), and nothing in it can signal processes outside (other kernels).
 
-Every limit degrades gracefully: what the OS refuses is reported (--probe) and skipped.
+Every limit degrades gracefully: what the OS refuses is reported (--probe) and skipped. Except
+one: a kernel that should drop from root to GRADER_USER and cannot is not started at all.
 """
 import ctypes
 import json
@@ -245,8 +246,9 @@ def _tasks_of(uid):
 
 
 def die_with_parent():
-    """The kernel gets SIGKILL when nbgrader (its parent) dies, e.g. killed for running over the
-    grader's wall-clock limit. Set after setuid, which clears it; survives exec."""
+    """SIGKILL for this process when its parent dies (nbgrader killed for running over the
+    grader's wall-clock limit; or, for the namespace's init, the launcher). Set after setuid,
+    which clears it; survives exec."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL

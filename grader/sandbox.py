@@ -2,9 +2,9 @@
 
 Loaded by grader/grading_config.py inside the nbgrader process (never by notebooks).
 
-- SandboxKernelManager starts the kernel through grader/kernel_launcher.py (memory cap, file size
-  cap, no network, unprivileged user) and uses the ipc transport so that a kernel without a
-  network still talks to nbgrader.
+- SandboxKernelManager starts the kernel through grader/kernel_launcher.py (memory, file size and
+  process caps, no network, a new HOME and PID namespace, unprivileged user) and uses the ipc
+  transport so that a kernel without a network still talks to nbgrader.
 - GuardedExecute is nbgrader's Execute preprocessor plus a guard. At kernel start, before any
   student code runs, it stashes pristine references (torch, numpy, math, operator, builtins, the
   classes of torch.nn, the IPython shell) under a per-run random name. Right before each grade cell
