@@ -42,27 +42,51 @@ class Course:
             cmd.append(f"--Execute.timeout={int(self.timeout)}")
         return cmd
 
-    def run(self, *args, env=None, timeout=None):
-        """Run `nbgrader ARGS` in this course. With `timeout` (seconds of wall clock) the whole
-        process group (nbgrader and its kernel) is killed when it runs over, and
+    def run(self, *args, env=None, timeout=None, watch=None):
+        """Run `nbgrader ARGS` in this course; keep the last OUTPUT_LINES lines of its stdout and
+        stderr (a kernel inherits them and could print without end). With `timeout` (seconds of
+        wall clock), or a `watch` that sees each stderr line and says when the run is overdue,
+        the whole process group (nbgrader and its kernel) is killed and
         subprocess.TimeoutExpired is raised."""
         cmd = self._command(args)
+        watch = watch or _Deadline(timeout)
         proc = subprocess.Popen(cmd, cwd=self.root, env=env or paths.tool_env(),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, errors="replace",
+                                start_new_session=True)
+        out, err = (collections.deque(maxlen=OUTPUT_LINES) for _ in range(2))
+
+        def read(stream, lines, each=None):
+            for line in stream:
+                lines.append(line[:2000])
+                if each:
+                    each(line.rstrip("\n"))
+
+        readers = [threading.Thread(target=read, args=(proc.stdout, out), daemon=True),
+                   threading.Thread(target=read, args=(proc.stderr, err, watch.line), daemon=True)]
+        for t in readers:
+            t.start()
+        overdue = False
         try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            out, err = proc.communicate()
-            raise subprocess.TimeoutExpired(cmd, timeout, out, err) from None
+            while proc.poll() is None:
+                if watch.overdue():
+                    overdue = True
+                    _kill_group(proc)
+                try:
+                    proc.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    pass
         except BaseException:
             _kill_group(proc)
             raise
         finally:
             # A kernel that outlived nbgrader (or was orphaned) goes with its process group.
             _kill_group(proc, only_children=True)
-        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        for t in readers:
+            t.join(timeout=10)
+        if overdue:
+            raise subprocess.TimeoutExpired(cmd, timeout, "".join(out), "".join(err))
+        return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "".join(err))
 
     def generate(self, name):
         """Copy solutions/<name>.ipynb in as the source and run generate_assignment (with db)."""
@@ -111,64 +135,21 @@ class Course:
             args.append(f"--student={student}")
         return self.run(*args, env=env, timeout=timeout)
 
-    def autograde_submitted(self, student, env=None, wall=None, lines=2000):
+    def autograde_submitted(self, student, env=None, wall=None):
         """One `nbgrader autograde` for every notebook submitted by `student` (in name order).
 
         nbgrader's start-up costs seconds, so this is much cheaper than one run per notebook.
-        `wall` bounds each notebook separately: the log says when nbgrader starts executing one
-        ("Autograding PATH"); if one runs longer than `wall` seconds the whole process group is
-        killed. Returns (CompletedProcess with the last `lines` lines of stderr, name of the
-        notebook that ran over or None). Which notebooks were graded: see `autograde_complete`."""
+        `wall` bounds each notebook separately (see _NotebookDeadlines). Returns
+        (CompletedProcess, name of the notebook that ran over or None). Which notebooks were
+        graded: see `autograde_complete`."""
         names = sorted(p.name for p in (self.root / "submitted" / student).iterdir() if p.is_dir())
-        expected = {os.path.realpath(self.autograded_notebook(student, n)): n for n in names}
-        cmd = self._command(["autograde", "*", f"--student={student}", "--force", "--create"])
-        proc = subprocess.Popen(cmd, cwd=self.root, env=env or paths.tool_env(),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, errors="replace",
-                                start_new_session=True)
-        # Bounded: a kernel inherits nbgrader's stderr and could print without end.
-        err = collections.deque(maxlen=lines)
-        out = collections.deque(maxlen=lines)
-        current = {"name": None, "since": time.monotonic()}
-        seen = set()
-
-        def read_err():
-            for line in proc.stderr:
-                err.append(line[:2000])
-                m = _AUTOGRADING.match(line.rstrip("\n"))
-                # Only nbgrader's own line for a notebook not yet seen (student code shares the
-                # stream and could print a look-alike).
-                name = expected.get(os.path.realpath(m.group(1))) if m else None
-                if name and name not in seen:
-                    seen.add(name)
-                    current.update(name=name, since=time.monotonic())
-
-        readers = [threading.Thread(target=read_err, daemon=True),
-                   threading.Thread(target=lambda: out.extend(l[:2000] for l in proc.stdout),
-                                    daemon=True)]
-        for t in readers:
-            t.start()
-        overran = None
-        started = time.monotonic()
+        watch = _NotebookDeadlines({self.autograded_notebook(student, n): n for n in names}, wall)
         try:
-            while proc.poll() is None:
-                time.sleep(0.2)
-                now = time.monotonic()
-                # Start-up and sanitizing count too: the whole run never exceeds one wall each.
-                if wall and (now - current["since"] > wall
-                             or now - started > wall * (len(names) + 1)):
-                    overran = current["name"] or (names[0] if names else None)
-                    _kill_group(proc)
-                    break
-            proc.wait()
-        except BaseException:
-            _kill_group(proc)
-            raise
-        finally:
-            _kill_group(proc, only_children=True)
-        for t in readers:
-            t.join(timeout=10)
-        return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "".join(err)), overran
+            proc = self.run("autograde", "*", f"--student={student}", "--force", "--create",
+                            env=env, watch=watch)
+        except subprocess.TimeoutExpired as exc:
+            proc = subprocess.CompletedProcess(exc.cmd, -9, exc.output, exc.stderr)
+        return proc, watch.overran
 
     def autograde_complete(self, name, student):
         """True when every autograded test of `name` has its score in the gradebook (nbgrader
@@ -203,7 +184,53 @@ class Course:
         return sum(v[0] for v in s.values()), sum(v[1] for v in s.values())
 
 
-_AUTOGRADING = re.compile(r"^\[AutogradeApp \| INFO\] Autograding (.+\.ipynb)$")
+OUTPUT_LINES = 2000
+
+
+class _Deadline:
+    """A wall-clock limit on a whole run (none: None)."""
+
+    def __init__(self, seconds):
+        self.end = time.monotonic() + seconds if seconds else None
+
+    def line(self, text):
+        pass
+
+    def overdue(self):
+        return self.end is not None and time.monotonic() > self.end
+
+
+class _NotebookDeadlines:
+    """A wall-clock limit on each notebook of an `autograde` run. nbgrader logs "Autograding
+    PATH" when it starts executing one; the time from that line on counts against it, and
+    start-up and sanitizing against the whole run (one `wall` per notebook, plus one)."""
+
+    LINE = re.compile(r"^\[AutogradeApp \| INFO\] Autograding (.+\.ipynb)$")
+
+    def __init__(self, notebooks, wall):
+        self.names = {os.path.realpath(path): name for path, name in notebooks.items()}
+        self.wall = wall
+        self.started = self.since = time.monotonic()
+        self.current = self.overran = None
+        self.seen = set()
+
+    def line(self, text):
+        m = self.LINE.match(text)
+        name = self.names.get(os.path.realpath(m.group(1))) if m else None
+        # Once per notebook: student code shares the stream and could print a look-alike.
+        if name and name not in self.seen:
+            self.seen.add(name)
+            self.current, self.since = name, time.monotonic()
+
+    def overdue(self):
+        if not self.wall:
+            return False
+        now = time.monotonic()
+        if (now - self.since > self.wall
+                or now - self.started > self.wall * (len(self.names) + 1)):
+            self.overran = self.current or min(self.names.values(), default=None)
+            return True
+        return False
 
 
 def _kill_group(proc, only_children=False):
