@@ -92,13 +92,16 @@ class Course:
         """Copy solutions/<name>.ipynb in as the source and run generate_assignment (with db)."""
         if name in self.generated:
             return
-        src = self.root / "source" / name
-        src.mkdir(parents=True, exist_ok=True)
-        shutil.copy(paths.solution_path(name), src / f"{name}.ipynb")
+        self._place_source(name)
         proc = self.run("generate_assignment", name, "--force", "--create")
         if proc.returncode != 0:
             raise NbgraderError(f"generate_assignment {name} failed:\n{proc.stderr[-3000:]}")
         self.generated.add(name)
+
+    def _place_source(self, name):
+        src = self.root / "source" / name
+        src.mkdir(parents=True, exist_ok=True)
+        shutil.copy(paths.solution_path(name), src / f"{name}.ipynb")
 
     def generate_all(self, names):
         """generate_assignment (with db) for several assignments in one nbgrader process (each
@@ -106,9 +109,7 @@ class Course:
         todo = [n for n in names if n not in self.generated]
         if len(todo) > 1:
             for name in todo:
-                src = self.root / "source" / name
-                src.mkdir(parents=True, exist_ok=True)
-                shutil.copy(paths.solution_path(name), src / f"{name}.ipynb")
+                self._place_source(name)
             if self.run("generate_assignment", "*", "--force", "--create").returncode == 0:
                 self.generated.update(todo)
         for name in todo:

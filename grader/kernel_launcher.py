@@ -135,8 +135,8 @@ HOME_DIRS = {"IPYTHONDIR": ".ipython", "MPLCONFIGDIR": ".mpl", "XDG_CACHE_HOME":
 
 
 def fresh_home(ids):
-    """A new, empty HOME under GRADER_KERNEL_HOMES, owned by the user the kernel will run as, set
-    in the environment and added to GRADER_WRITABLE; None when GRADER_KERNEL_HOMES is unset."""
+    """A new, empty HOME under GRADER_KERNEL_HOMES, owned by the user the kernel will run as and
+    set in the environment; return it, or None when GRADER_KERNEL_HOMES is unset."""
     parent = os.environ.get("GRADER_KERNEL_HOMES")
     if not parent:
         return None
@@ -150,8 +150,6 @@ def fresh_home(ids):
     if ids is not None:
         for path in made:
             os.chown(path, *ids)
-    os.environ["GRADER_WRITABLE"] = os.pathsep.join(
-        [home] + [p for p in os.environ.get("GRADER_WRITABLE", "").split(os.pathsep) if p])
     return home
 
 
@@ -166,8 +164,10 @@ def apply_limits(connection_file=None):
         except OSError as exc:
             report["user"] = f"unchanged: connection file: {exc}"
             ids = None
+    home = None
     try:
-        if fresh_home(ids):
+        home = fresh_home(ids)
+        if home:
             report["home"] = "new and empty for each kernel"
     except OSError as exc:
         report["home"] = f"shared: {exc}"
@@ -187,7 +187,8 @@ def apply_limits(connection_file=None):
             report["file size"] = f"unavailable: {exc}"
     network = os.environ.get("GRADER_NO_NETWORK") == "1"
     readonly = [p for p in os.environ.get("GRADER_READONLY", "").split(os.pathsep) if p]
-    writable = [os.getcwd()] + [p for p in os.environ.get("GRADER_WRITABLE", "").split(os.pathsep) if p]
+    writable = [os.getcwd()] + ([home] if home else []) + [
+        p for p in os.environ.get("GRADER_WRITABLE", "").split(os.pathsep) if p]
     try:
         how = isolate(network, bool(readonly))
         if network:
