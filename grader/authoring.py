@@ -4,7 +4,7 @@ solutions/*.ipynb are the source of truth; these helpers only save typing when a
 written or edited from a script:
 
     from grader.authoring import md, setup, code, solution, tests, write
-    write("05_hand_written_bilstm", [md("# Title ..."), setup("import torch ..."), ...])
+    write("06_hand_written_bilstm", [md("# Title ..."), setup("import torch ..."), ...])
 """
 import re
 

@@ -200,7 +200,7 @@ def test_mnist_downloads_through_torchvision_when_data_is_absent(tmp_path, monke
     import torchvision
     from grader import solution_code
     if not any(p.stem.startswith("06_") for p in SOLUTIONS):
-        pytest.fail("solutions/06_mnist_row_by_row.ipynb is missing: load_mnist cannot be checked")
+        pytest.fail("solutions/07_mnist_row_by_row.ipynb is missing: load_mnist cannot be checked")
     for f in MNIST_FILES:
         assert (MNIST_RAW / f).is_file(), f"data/MNIST/raw/{f} is missing (the test serves it)"
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -217,7 +217,7 @@ def test_mnist_downloads_through_torchvision_when_data_is_absent(tmp_path, monke
                             [(f, md5(MNIST_RAW / f)) for f in MNIST_FILES])
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
                 contextlib.redirect_stderr(quiet):
-            load_mnist = solution_code.load("06")["load_mnist"]     # setup cell runs here
+            load_mnist = solution_code.load("07_mnist_row_by_row")["load_mnist"]     # setup cell runs here
             train_x, train_y, test_x, test_y = load_mnist(root=str(root))
             explicit_requests = list(requests)
             wrote_elsewhere = sorted(p.name for p in content.iterdir())

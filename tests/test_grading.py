@@ -32,7 +32,7 @@ def _ids(name):
 # ------------------------------------------------------------------ fast: matching and discovery
 
 def test_match_rules(tmp_path):
-    names = [A, "02_counting_parameters"]
+    names = [A, "03_counting_parameters"]
     ids = {n: _ids(n) if paths.solution_path(n).exists() else set() for n in names}
     exact = tmp_path / f"{A}.ipynb"
     exact.write_text("{}")
@@ -41,7 +41,7 @@ def test_match_rules(tmp_path):
     stray = tmp_path / "notes.txt"
     stray.write_text("hi")
     found, problems, unmatched = grade.match_files([exact, similar, stray], names, ids)
-    assert found == {A: exact, "02_counting_parameters": similar}
+    assert found == {A: exact, "03_counting_parameters": similar}
     assert problems == {} and unmatched == [stray]
 
 

@@ -1,6 +1,6 @@
 """Notebook 01 (LSTM and GRU gate equations).
 
-- The reference code (grader.solution_code.load("01")) against PyTorch over random configurations.
+- The reference code (grader.solution_code.load("01_gate_equations")) against PyTorch over random configurations.
 - The grade cells against wrong answers: each known mistake fails, with a message that names it,
   and a step that calls a built-in kernel passes the visible tests but not the hidden ones.
 - An nbgrader round trip: a submission that reads the LSTM gates as i, f, o, g scores less than
@@ -34,7 +34,7 @@ class NoBuiltinRNN(TorchFunctionMode):
 
 @pytest.fixture(scope="module")
 def ref():
-    return solution_code.load("01")
+    return solution_code.load("01_gate_equations")
 
 
 @pytest.fixture(scope="module")
@@ -244,13 +244,13 @@ def run_grade_cell(ns, source, visible_only=False):
 
 
 def namespace_with(cells, fn_source):
-    ns = solution_code.load("01")
+    ns = solution_code.load("01_gate_equations")
     exec(compile(fn_source, "<submission>", "exec"), ns)
     return ns
 
 
 def test_solution_passes_every_grade_cell(cells, capsys):
-    ns = solution_code.load("01")
+    ns = solution_code.load("01_gate_equations")
     for gid in ("test_lstm_gate_chunks", "test_lstm_cell_step", "test_gru_cell_step", "test_latch_weights"):
         run_grade_cell(ns, cells[gid])
     assert capsys.readouterr().err == ""

@@ -22,8 +22,8 @@ def read(path):
     return nbformat.read(path, as_version=4)
 
 
-def test_course_has_all_seven_notebooks():
-    assert [n[:2] for n in NAMES] == ["01", "02", "03", "04", "05", "06", "07"], NAMES
+def test_course_has_all_eight_notebooks():
+    assert [n[:2] for n in NAMES] == ["01", "02", "03", "04", "05", "06", "07", "08"], NAMES
 
 
 # ---------------------------------------------------------------- structure (fast)

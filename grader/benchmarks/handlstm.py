@@ -1,6 +1,6 @@
 """handlstm-cpu / handlstm-gpu: forward+backward of notebook 05's HandLSTM against nn.LSTM.
 
-The hand-written LSTM comes from the solutions notebook (grader.solution_code.load("05")):
+The hand-written LSTM comes from the solutions notebook (grader.solution_code.load("06_hand_written_bilstm")):
 `handlstm_ms` times its optimised variant FastHandLSTM (hand-written backward pass, section 6),
 `plain_ms` the plain HandLSTM of Exercises 1-4. Shape of the course target (spec section 5):
 T=28, B=256, input 28, hidden 128, 2 layers, bidirectional. The models run interleaved, in a
@@ -21,7 +21,7 @@ def measure(device, seq_len=28, batch=256, input_size=28, hidden_size=128, num_l
     import torch
     from .. import solution_code
 
-    ns = solution_code.load("05")
+    ns = solution_code.load("06_hand_written_bilstm")
     device = torch.device(device)
     torch.manual_seed(seed)
     reference = torch.nn.LSTM(input_size, hidden_size, num_layers, bidirectional=True).to(device)

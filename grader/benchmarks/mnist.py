@@ -1,6 +1,6 @@
 """MNIST row by row (notebook 06): how fast the notebook's own code trains.
 
-Both benchmarks run the SOLUTION's code (grader.solution_code.load("06")), so they measure what
+Both benchmarks run the SOLUTION's code (grader.solution_code.load("07_mnist_row_by_row")), so they measure what
 the notebook teaches: its RowClassifier, train_model (whole data set on the device, large batches,
 one-cycle schedule, bfloat16 autocast on CUDA) and evaluate.
 
@@ -26,7 +26,7 @@ TARGET_GPU = 0.99
 def _solution():
     from .. import paths, solution_code
     os.environ.setdefault("COURSE_DATA", str(paths.DATA))
-    ns = solution_code.load("06")
+    ns = solution_code.load("07_mnist_row_by_row")
     data = ns["load_mnist"](paths.DATA)
     return ns, data
 

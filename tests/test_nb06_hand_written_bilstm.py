@@ -12,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 
 from grader import bench, paths, solution_code
 
-NAME = "05_hand_written_bilstm"
+NAME = "06_hand_written_bilstm"
 
 
 class _NoBuiltinRNN(TorchFunctionMode):

@@ -14,14 +14,14 @@ import torchvision
 
 from grader import bench, paths, solution_code
 
-NAME = "06_mnist_row_by_row"
+NAME = "07_mnist_row_by_row"
 
 
 @pytest.fixture(scope="module")
 def ns():
     os.environ.setdefault("COURSE_DATA", str(paths.DATA))
     with contextlib.redirect_stdout(io.StringIO()):
-        return solution_code.load("06")
+        return solution_code.load("07_mnist_row_by_row")
 
 
 @pytest.fixture(scope="module")

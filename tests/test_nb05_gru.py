@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from grader import paths, solution_code
 
-NAME = "04_gru_hidden_vs_output"
+NAME = "05_gru"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pad_packed_sequence
 
 from grader import paths, solution_code
 
-NAME = "07_bug_clinic"
+NAME = "08_bug_clinic"
 
 # exercise name -> buggy twin shown in the notebook
 PAIRS = {

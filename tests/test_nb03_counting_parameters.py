@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from grader import paths, solution_code
 
-NAME = "02_counting_parameters"
+NAME = "03_counting_parameters"
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ from torch.nn.utils.rnn import (PackedSequence, pack_padded_sequence, pack_seque
 
 from grader import paths, solution_code
 
-NAME = "03_bidirectional_layout"
+NAME = "04_bidirectional_layout"
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 @pytest.fixture(scope="module")
 def ref():
     torch.set_num_threads(1)
-    return solution_code.load("03")
+    return solution_code.load("04_bidirectional_layout")
 
 
 # ---------------------------------------------------------------- independent ground truth
@@ -203,7 +203,7 @@ def grade_cells():
 
 
 def run_grade_cell(grade_id, **overrides):
-    ns = solution_code.load("03")
+    ns = solution_code.load("04_bidirectional_layout")
     ns.update(overrides)
     exec(compile(grade_cells()[grade_id], f"<{grade_id}>", "exec"), ns)
 
