@@ -3,7 +3,7 @@
 solutions/*.ipynb are the source of truth; these helpers only save typing when a notebook is
 written or edited from a script:
 
-    from grader.authoring import md, setup, code, solution, tests, write
+    from grader.authoring import md, setup, helpers, code, solution, hints, tests, write
     write("06_hand_written_bilstm", [md("# Title ..."), setup("import torch ..."), ...])
 """
 import re
@@ -43,6 +43,29 @@ def setup(source):
     return cell
 
 
+# Input collapsed by default: JupyterLab reads jupyter.source_hidden, Colab reads cellView.
+COLLAPSED = {"jupyter": {"source_hidden": True}, "cellView": "form"}
+
+
+def helpers(source):
+    """The notebook's test-helpers cell: the _underscored helpers its grade cells share. Locked,
+    collapsed, tagged 'test-helpers'; the grader's judge runs it before the grade cells."""
+    cell = nbformat.v4.new_code_cell(source.strip("\n"))
+    cell.metadata.update(_meta("test-helpers", locked=True))
+    cell.metadata.update(COLLAPSED)
+    cell.metadata["tags"] = ["test-helpers"]
+    return cell
+
+
+def hints(*steps, grade_id=None):
+    """A hints cell: each step (title, text) becomes a collapsible <details> block."""
+    blocks = [f"<details><summary>Hint {k}: {title}</summary>\n\n{text.strip()}\n</details>"
+              for k, (title, text) in enumerate(steps, 1)]
+    cell = md("\n\n".join(blocks), grade_id=grade_id or f"hints-{_slug(steps[0][0])}")
+    cell.metadata["tags"] = ["hints"]
+    return cell
+
+
 def code(source, grade_id=None, tags=()):
     """A read-only code cell: a demonstration, a figure, a helper."""
     cell = nbformat.v4.new_code_cell(source.strip("\n"))
@@ -64,6 +87,7 @@ def tests(source, grade_id, points):
     """A grade cell: visible tests, then ### BEGIN HIDDEN TESTS ... ### END HIDDEN TESTS."""
     cell = nbformat.v4.new_code_cell(source.strip("\n"))
     cell.metadata.update(_meta(grade_id, grade=True, locked=True, points=points))
+    cell.metadata.update(COLLAPSED)
     return cell
 
 
