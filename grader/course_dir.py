@@ -52,15 +52,25 @@ class Course:
         watch = watch or _Deadline(timeout)
         proc = subprocess.Popen(cmd, cwd=self.root, env=env or paths.tool_env(),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, errors="replace",
-                                start_new_session=True)
+                                stderr=subprocess.PIPE, start_new_session=True)
         out, err = (collections.deque(maxlen=OUTPUT_LINES) for _ in range(2))
 
         def read(stream, lines, each=None):
-            for line in stream:
-                lines.append(line[:2000])
-                if each:
-                    each(line.rstrip("\n"))
+            # Bounded whatever is printed: a line longer than LINE_CHARS is cut, never held whole.
+            partial = b""
+            while True:
+                chunk = stream.read1(1 << 16)
+                if not chunk:
+                    break
+                parts = (partial + chunk).split(b"\n")
+                partial = parts.pop()[-LINE_CHARS:]
+                for raw in parts:
+                    line = raw[:LINE_CHARS].decode("utf-8", "replace")
+                    lines.append(line + "\n")
+                    if each:
+                        each(line)
+            if partial:
+                lines.append(partial.decode("utf-8", "replace"))
 
         readers = [threading.Thread(target=read, args=(proc.stdout, out), daemon=True),
                    threading.Thread(target=read, args=(proc.stderr, err, watch.line), daemon=True)]
@@ -186,6 +196,7 @@ class Course:
 
 
 OUTPUT_LINES = 2000
+LINE_CHARS = 2000
 
 
 class _Deadline:

@@ -1,39 +1,26 @@
 """python -m grader grade SUBMISSIONS --out DIR [--jobs N] [--timeout SECONDS]
 
-Autograde a folder of student submissions with nbgrader itself and write
-DIR/grades.csv and DIR/feedback/<student>/<notebook>.html.
+Autograde a folder of student submissions with nbgrader itself and write DIR/grades.csv,
+DIR/cells.csv and DIR/feedback/<student>/<notebook>.html. SUBMISSIONS is only ever read.
 
-How submissions are found (SUBMISSIONS is only ever read):
-- One folder per student (any depth inside it is searched). The folder name is the student,
-  minus an LMS suffix such as Moodle's "_assignsubmission_file_".
-- Or notebook files directly in SUBMISSIONS, as Canvas exports them
-  ("login_[late_]12345_67890_01_gate_equations.ipynb"): the student is the part of the file name
-  before the notebook's name, without "late" and numeric ids.
-- A student's file is matched to a notebook, best rule first: its exact name
-  ("01_gate_equations.ipynb"); a name that contains the notebook's name once punctuation and case
-  are ignored ("01-Gate-Equations (2).ipynb"); its content (nbgrader cell ids of that notebook, e.g. a
-  notebook saved as "Untitled.ipynb"). Two files tied at the best rule: status "ambiguous".
+How submissions are found: grader/submissions.py (one folder per student, or Canvas-style flat
+files; renamed notebooks by content; the newest of several files for one notebook).
 
-How it grades: the assignments are generated once from solutions/ into a template course; each
-student is graded in a throw-away copy of it (own folder and gradebook, so --jobs workers never
-share a database), with grader/grading_config.py: nbgrader's autograde with
-OverwriteCells.add_missing_cells (edited or deleted test cells are restored from the source), a
-per-cell timeout, and a sandboxed kernel (grader/kernel_launcher.py: memory and process caps, no
-network, a new HOME and PID namespace per kernel, an unprivileged user when run as root) whose
-hidden tests are immune to monkeypatching
-(grader/sandbox.py). All of a student's notebooks go through one `nbgrader autograde` and one
-`generate_feedback` (each nbgrader start costs seconds); a notebook that run could not finish is
-graded again alone. Scores are read from each worker's gradebook (what `nbgrader export` reads)
-and merged into one CSV.
+How it grades: the assignments are generated once from solutions/ into a template course. Each
+student is then graded by a worker process of their own (grader/worker.py) in a throw-away copy
+of it. Inside, nbgrader runs each notebook in a sandboxed kernel (grader/kernel_launcher.py:
+bubblewrap, another user id per grading slot, cgroup, no network, nothing of the machine but
+Python and the course data) and runs its tests in the judge (grader/judge.py), a separate
+process that decides every verdict and has never run student code. GRADING_SECURITY.md is the
+threat model.
 
-Statuses: graded; timeout (a cell ran past --timeout and was interrupted, the rest was graded; or
-the whole notebook ran past the wall-clock limit: 0); missing; ambiguous; unreadable (empty, not
-JSON, not a notebook); error (nbgrader could not grade it; the detail column says why).
+Statuses: graded; timeout (a cell ran past --timeout and was stopped, the rest was graded; or
+the notebook ran past the wall-clock limit: 0); missing; unreadable (empty, not JSON, nested too
+deeply, not a notebook); error (the grader could not grade it; the detail column says why).
 """
 import csv
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -41,18 +28,20 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from . import kernel_launcher, paths, submissions
 from .course_dir import Course, NbgraderError
 
 GRADING_CONFIG = Path(__file__).resolve().parent / "grading_config.py"
 LAUNCHER = Path(__file__).resolve().parent / "kernel_launcher.py"
-STUDENT_ID = "student"  # inside each throw-away course; the real name goes in the CSV
 CSV_COLUMNS = ["student", "assignment", "score", "max_score", "status", "detail"]
-LMS_SUFFIXES = ("_assignsubmission_file_", "_assignsubmission_onlinetext_", "_onlinetext_", "_file_")
-SKIP_PARTS = {"__MACOSX", ".ipynb_checkpoints"}
+CELL_COLUMNS = ["student", "assignment", "grade_id", "score", "max_score"]
+# Processes and threads one sandbox may hold: torch's thread pools fit many times over; a fork
+# bomb does not.
+MAX_TASKS = 512
+UID_BASE = int(os.environ.get("GRADER_UID_BASE", "64000"))   # two user ids per grading slot
 
 
 class GradeError(SystemExit):
@@ -62,162 +51,6 @@ class GradeError(SystemExit):
         super().__init__(f"grade: {message}")
 
 
-# ---------------------------------------------------------------- finding submissions
-
-def normalize(text):
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-
-
-@dataclass
-class Student:
-    name: str
-    files: list = field(default_factory=list)
-    found: dict = field(default_factory=dict)      # assignment -> Path
-    problems: dict = field(default_factory=dict)   # assignment -> (status, detail)
-    unmatched: list = field(default_factory=list)
-
-    @property
-    def folder(self):
-        """A safe folder name for the student's feedback."""
-        return re.sub(r"[^\w.@+-]+", "_", self.name).strip("._") or "student"
-
-
-def _visible_files(folder):
-    out = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).parts
-        if any(part.startswith(".") or part in SKIP_PARTS for part in rel):
-            continue
-        if p.is_file() and not p.is_symlink():
-            out.append(p)
-    return out
-
-
-def _grade_ids(path):
-    """nbgrader grade ids in a file, or an empty set if it is not a readable notebook."""
-    try:
-        if path.stat().st_size > 50 << 20:
-            return set()
-        nb = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-        return {c.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-                for c in nb.get("cells", []) if isinstance(c, dict)} - {None}
-    except (ValueError, OSError, AttributeError, TypeError):
-        return set()
-
-
-def match_files(files, assignments, source_ids):
-    """Assign files to notebooks: ({assignment: path}, {assignment: (status, detail)}, unmatched)."""
-    found, problems, used = {}, {}, set()
-    notebooks = [f for f in files if f.suffix.lower() == ".ipynb"]
-    rules = [
-        ("name", lambda a, f: f.name == f"{a}.ipynb"),
-        ("similar name", lambda a, f: normalize(a) in normalize(f.stem)),
-    ]
-    for label, rule in rules:
-        for a in assignments:
-            if a in found or a in problems:
-                continue
-            hits = [f for f in notebooks if f not in used and rule(a, f)]
-            if len(hits) == 1:
-                found[a] = hits[0]
-                used.add(hits[0])
-            elif len(hits) > 1:
-                problems[a] = ("ambiguous", f"several files match by {label}: "
-                               + ", ".join(sorted(h.name for h in hits)))
-                used.update(hits)
-    # Content: a renamed notebook still carries the assignment's nbgrader cell ids.
-    rest = [f for f in notebooks if f not in used]
-    for f in rest:
-        ids = _grade_ids(f)
-        owners = [a for a in assignments if a not in found and a not in problems
-                  and len(ids & source_ids.get(a, set())) >= max(1, len(source_ids.get(a, ())) // 2)]
-        if len(owners) == 1:
-            found[owners[0]] = f
-            used.add(f)
-    for a in assignments:
-        if a not in found and a not in problems:
-            problems[a] = ("missing", "no file for this notebook")
-    unmatched = [f for f in files if f not in used]
-    return found, problems, unmatched
-
-
-def _flat_student(stem, assignments):
-    """Student name in a Canvas-style flat file name, or None."""
-    norm = normalize(stem)
-    for a in assignments:
-        key = normalize(a)
-        pos = norm.find(key)
-        if pos > 0:
-            tokens = [t for t in norm[:pos].split("_") if t and t != "late" and not t.isdigit()]
-            if tokens:
-                # Keep the original spelling of the first token where we can.
-                return "_".join(tokens)
-    return None
-
-
-def discover(root, assignments, source_ids):
-    """(students sorted by name, warnings)."""
-    root = Path(root)
-    if not root.exists():
-        raise GradeError(f"no such folder: {root}")
-    if not root.is_dir():
-        raise GradeError(f"{root} is a file; give the folder that holds one folder (or file) per student")
-    students, warnings = {}, []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or entry.name in SKIP_PARTS or entry.is_symlink():
-            continue
-        if entry.is_dir():
-            name = entry.name
-            for suffix in LMS_SUFFIXES:
-                if name.endswith(suffix) and len(name) > len(suffix):
-                    name = name[: -len(suffix)]
-                    break
-            student = students.setdefault(name, Student(name))
-            student.files.extend(_visible_files(entry))
-        elif entry.is_file():
-            name = _flat_student(entry.stem, assignments)
-            if name is None:
-                warnings.append(f"ignored {entry.name}: a file at the top level must be named "
-                                f"<student>_..._<notebook>.ipynb (or put it in a folder per student)")
-                continue
-            students.setdefault(name, Student(name)).files.append(entry)
-    for student in students.values():
-        student.found, student.problems, student.unmatched = match_files(
-            student.files, assignments, source_ids)
-        if student.unmatched:
-            names = ", ".join(str(f.name) for f in student.unmatched[:5])
-            for a, (status, detail) in student.problems.items():
-                if status == "missing":
-                    student.problems[a] = (status, f"{detail} (unmatched files: {names})")
-    return [students[k] for k in sorted(students)], warnings
-
-
-def check_readable(path):
-    """None if `path` looks like a notebook nbgrader can read, else a reason."""
-    from nbformat import ValidationError, reads, validate
-    data = path.read_bytes()
-    if not data.strip():
-        return "empty file"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not a notebook (not UTF-8 text)"
-    try:
-        raw = json.loads(text)
-    except ValueError as exc:
-        return f"not a notebook (invalid JSON: {exc})"
-    if not isinstance(raw, dict) or "cells" not in raw:
-        return "not a notebook (JSON without cells)"
-    try:
-        nb = reads(text, as_version=4)
-        validate(nb)
-    except (ValidationError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return f"not a valid notebook ({str(exc).splitlines()[0][:200]})"
-    return None
-
-
-# ---------------------------------------------------------------- grading
-
 @dataclass
 class Options:
     timeout: int
@@ -226,48 +59,29 @@ class Options:
     file_mb: int
     network: bool
     threads: int
-    readonly: tuple = ()
-    data: str = ""          # COURSE_DATA for student kernels ("" keeps the caller's)
+    feedback_hidden: bool = False
+    data: str = ""
 
 
-# Processes and threads one kernel may add: torch's thread pools and a few data-loader workers
-# fit many times over; a fork bomb does not.
-MAX_TASKS = 512
+# ---------------------------------------------------------------- the environment of a worker
 
-
-def kernel_env(root, opts):
+def worker_env(opts, slot, cgroups):
     env = paths.tool_env()
-    env["GRADER_MEMORY_MB"] = str(opts.memory_mb)
-    env["GRADER_FILE_MB"] = str(opts.file_mb)
-    env["GRADER_MAX_TASKS"] = str(MAX_TASKS)
-    env["GRADER_NO_NETWORK"] = "0" if opts.network else "1"
-    env.setdefault("GRADER_USER", "nobody")
-    env["OMP_NUM_THREADS"] = str(opts.threads)
+    env.update(GRADER_MEMORY_MB=str(opts.memory_mb), GRADER_FILE_MB=str(opts.file_mb),
+               GRADER_MAX_TASKS=str(MAX_TASKS), GRADER_NO_NETWORK="0" if opts.network else "1",
+               GRADER_UID=str(UID_BASE + 2 * slot), GRADER_JUDGE_UID=str(UID_BASE + 2 * slot + 1),
+               GRADER_CGROUP=json.dumps(cgroups), GRADER_SHOW=str(paths.ROOT),
+               GRADER_FEEDBACK_HIDDEN="1" if opts.feedback_hidden else "0",
+               OMP_NUM_THREADS=str(opts.threads))
     if opts.data:
-        env["COURSE_DATA"] = opts.data
-    # nbgrader's own HOME: it reads Jupyter config and kernelspecs there, so no kernel may write
-    # it. Each kernel gets a new HOME under kernels/ instead (grader/kernel_launcher.py).
-    home, runtime, kernels = root / "home", root / "runtime", root / "kernels"
-    for d, mode in ((home, 0o755), (home / "tmp", 0o755), (kernels, 0o755), (runtime, 0o1777)):
-        d.mkdir(exist_ok=True)
-        d.chmod(mode)
-    env.update(HOME=str(home), IPYTHONDIR=str(home / ".ipython"), MPLCONFIGDIR=str(home / ".mpl"),
-               JUPYTER_RUNTIME_DIR=str(runtime), XDG_CACHE_HOME=str(home / ".cache"),
-               TMPDIR=str(home / "tmp"), GRADER_KERNEL_HOMES=str(kernels))
-    # The kernel may write its notebook's folder, its own HOME and the runtime folder (its ipc
-    # sockets), nothing of ours.
-    env["GRADER_READONLY"] = os.pathsep.join(str(p) for p in opts.readonly)
-    env["GRADER_WRITABLE"] = str(runtime)
+        env["COURSE_DATA"] = env["GRADER_DATA"] = opts.data
     env.pop("JUPYTER_CONFIG_DIR", None)
     return env
 
 
 def prepare_data(dest):
     """Decompress the repository's MNIST files into dest/MNIST/raw, readable by every user, and
-    return dest; None when the repository has no MNIST files (the notebook then downloads).
-
-    Student kernels run as an unprivileged user under a read-only root: they can neither
-    decompress into data/ nor read files that an earlier run left there owner-only."""
+    return dest; None when the repository has no MNIST files (the notebook then downloads)."""
     import gzip
     src = paths.DATA / "MNIST" / "raw"
     gz = sorted(src.glob("*-ubyte.gz"))
@@ -285,18 +99,9 @@ def prepare_data(dest):
     return Path(dest)
 
 
-def probe(opts, homes=None):
-    """What the kernel sandbox can do on this machine: {limit: description}. `homes`: a folder
-    for the kernel's own HOME, as kernel_env gives it."""
-    env = paths.tool_env()
-    env.update(GRADER_MEMORY_MB=str(opts.memory_mb), GRADER_FILE_MB=str(opts.file_mb),
-               GRADER_MAX_TASKS=str(MAX_TASKS),
-               GRADER_NO_NETWORK="0" if opts.network else "1",
-               GRADER_READONLY=os.pathsep.join(str(p) for p in opts.readonly))
-    if homes:
-        Path(homes).mkdir(parents=True, exist_ok=True)
-        env["GRADER_KERNEL_HOMES"] = str(homes)
-    env.setdefault("GRADER_USER", "nobody")
+def probe(opts, cgroups=None):
+    """What the sandbox can do on this machine: {limit: description}."""
+    env = worker_env(opts, 0, cgroups or {})
     proc = subprocess.run([sys.executable, str(LAUNCHER), "--probe"], env=env,
                           capture_output=True, text=True)
     try:
@@ -318,132 +123,146 @@ def build_template(root, assignments):
         return {a: float(gb.find_assignment(a).max_score) for a in assignments}
 
 
-def _nbgrader_error(text):
-    """The most useful line of an nbgrader log for a failed notebook."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for i in range(len(lines) - 1, -1, -1):
-        if re.match(r"^\w+(\.\w+)*(Error|Exception|Interrupt)\b", lines[i]):
-            return lines[i][:300]
-    errors = [line for line in lines if "ERROR" in line]
-    return (errors[-1] if errors else (lines[-1] if lines else "no output"))[:300]
+# ---------------------------------------------------------------- one student
 
-
-def _inspect_autograded(path):
-    """(timed-out cells, guard problems) from an autograded notebook."""
-    timeouts, guard = [], []
-    nb = json.loads(path.read_text())
-    for cell in nb.get("cells", []):
-        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "?")
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                if out.get("ename") == "CellTimeoutError":
-                    timeouts.append(gid)
-                elif out.get("ename") == "GradingGuardError":
-                    guard.append(gid)
-    return timeouts, guard
-
-
-def grade_student(index, student, template, work, out_dir, assignments, max_scores, opts):
-    """Grade one student in a throw-away course; return CSV rows (dicts)."""
-    root = work / f"s{index:05d}"
-    shutil.copytree(template, root)
-    course = Course(root, timeout=opts.timeout, config=GRADING_CONFIG)
-    course.generated = set(assignments)
-    env = kernel_env(root, opts)
-    by_name = {}
-
-    def row(a, status, detail="", score=0.0):
-        by_name[a] = {"student": student.name, "assignment": a, "score": round(score, 4),
-                      "max_score": max_scores[a], "status": status, "detail": detail}
-
-    submitted = {}
+def grade_student(index, slot, student, work, assignments, max_scores, opts, cgroups,
+                  source_ids):
+    """Grade one student in a worker process: (rows, cells, feedback)."""
+    folder = work / f"s{index:05d}"
+    folder.mkdir()
+    inbox = folder / "in"
+    inbox.mkdir()
+    rows = {}
+    notebooks = {}
     for a in assignments:
         if a in student.problems:
-            row(a, *student.problems[a])
+            rows[a] = dict(zip(("status", "detail"), student.problems[a]), score=0.0)
             continue
         src = student.found[a]
-        reason = check_readable(src)
-        if reason:
-            row(a, "unreadable", f"{src.name}: {reason}")
+        nb, why = submissions.read_notebook(src, source_ids[a])
+        if nb is None:
+            rows[a] = {"status": "unreadable", "detail": f"{src.name}: {why}", "score": 0.0}
             continue
-        target = course.submit(STUDENT_ID, a, src)
-        target.chmod(0o444)
-        submitted[a] = src
-
-    # All of them in one nbgrader process (its start costs seconds per run). A notebook that
-    # nbgrader failed on, or that a kill for another one's wall-clock limit left unstarted, is
-    # graded again alone, so its result and message are what a run of its own gives.
-    batch, overran = (course.autograde_submitted(STUDENT_ID, env=env, wall=opts.wall)
-                      if submitted else (None, None))
-    wall_note = f"still running after {opts.wall} s (wall-clock limit); stopped, scored 0"
-    for a, src in submitted.items():
-        if a == overran:
-            row(a, "timeout", f"{src.name}: {wall_note}")
-            continue
-        proc = batch
-        if not course.autograde_complete(a, STUDENT_ID):
-            try:
-                proc = course.autograde(a, student=STUDENT_ID, env=env, timeout=opts.wall)
-            except subprocess.TimeoutExpired:
-                row(a, "timeout", f"{src.name}: {wall_note}")
-                continue
-            if proc.returncode != 0 or not course.autograde_complete(a, STUDENT_ID):
-                row(a, "error", f"{src.name}: nbgrader could not grade it: "
-                    f"{_nbgrader_error(proc.stderr)}")
-                continue
-        score, _ = course.total(a, STUDENT_ID)
-        timeouts, guard = _inspect_autograded(course.autograded_notebook(STUDENT_ID, a))
-        detail = src.name if src.name != f"{a}.ipynb" else ""
-        if guard:
-            detail += f" guard failed before {', '.join(guard)} (scored 0)"
-        if timeouts:
-            row(a, "timeout", f"{detail} cells past {opts.timeout} s: {', '.join(timeouts)}".strip(),
-                score)
-        else:
-            row(a, "graded", detail.strip(), score)
-    rows = [by_name[a] for a in assignments]
-
-    done = [r["assignment"] for r in rows if r["status"] in ("graded", "timeout")
-            and course.autograded_notebook(STUDENT_ID, r["assignment"]).exists()]
-    # One nbgrader process for all of them (each start costs seconds); any that it left without
-    # feedback are retried alone, so one bad notebook cannot take the others' feedback with it.
-    batch = None
-    if len(done) > 1:
-        batch = course.run("generate_feedback", "*", f"--student={STUDENT_ID}", "--force", env=env)
-    for a in done:
-        proc = batch
-        if not course.feedback_html(STUDENT_ID, a).exists():
-            proc = course.run("generate_feedback", a, f"--student={STUDENT_ID}", "--force", env=env)
-        html = course.feedback_html(STUDENT_ID, a)
-        if html.exists():
-            dest = out_dir / "feedback" / student.folder / f"{a}.html"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(html, dest)
-        else:
-            for r in rows:
-                if r["assignment"] == a:
-                    r["detail"] = (r["detail"] + " (no feedback: "
-                                   + _nbgrader_error(proc.stderr) + ")").strip()
-    return rows
+        import nbformat
+        path = inbox / f"{a}.ipynb"
+        nbformat.write(nb, path)
+        notebooks[a] = str(path)
+    cells, feedback = [], {}
+    if notebooks:
+        result = _run_worker(folder, student, notebooks, max_scores, opts, slot, cgroups)
+        if result is None and len(notebooks) > 1:
+            # The worker itself failed: once more, one notebook at a time, so that only the
+            # notebook that breaks the grader loses its marks.
+            result = {"rows": [], "cells": [], "feedback": {}}
+            for a, path in notebooks.items():
+                one = _run_worker(folder, student, {a: path}, max_scores, opts, slot, cgroups,
+                                  tag=a)
+                if one:
+                    for key in ("rows", "cells"):
+                        result[key] += one[key]
+                    result["feedback"].update(one["feedback"])
+        if result is None:
+            result = {"rows": [], "cells": [], "feedback": {}}
+        got = {r["assignment"]: r for r in result["rows"] if r.get("assignment") in notebooks}
+        for a in notebooks:
+            r = got.get(a) or {"status": "error", "score": 0.0,
+                               "detail": "the grader failed on this notebook"}
+            rows[a] = {k: r[k] for k in ("status", "detail", "score")}
+        cells = [c for c in result["cells"] if c.get("assignment") in notebooks]
+        feedback = {a: h for a, h in result["feedback"].items() if a in notebooks}
+    out = []
+    for a in assignments:
+        r = rows[a]
+        detail = r["detail"]
+        note = student.notes.get(a)
+        if note and note not in detail:
+            detail = f"{note}; {detail}" if detail else note
+        out.append({"student": student.name, "assignment": a, "score": round(float(r["score"]), 4),
+                    "max_score": max_scores[a], "status": r["status"], "detail": detail})
+    return out, cells, feedback
 
 
-def write_csv(path, rows):
+def _run_worker(folder, student, notebooks, max_scores, opts, slot, cgroups, tag="all"):
+    """Run grader.worker for these notebooks; its result, or None if it failed."""
+    root = folder / f"course-{tag}"
+    spec = {"student": student.name, "root": str(root), "template": str(folder.parent / "template"),
+            "notebooks": notebooks, "max_scores": {a: max_scores[a] for a in notebooks},
+            "timeout": opts.timeout, "wall": opts.wall}
+    spec_path, result_path = folder / f"spec-{tag}.json", folder / f"result-{tag}.json"
+    spec_path.write_text(json.dumps(spec))
+    limit = opts.wall * (len(notebooks) + 1) + 300
+    env = worker_env(opts, slot, cgroups)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "grader.worker", str(spec_path),
+                                 str(result_path)], cwd=paths.ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        _kill_group(proc)
+        shutil.rmtree(root, ignore_errors=True)
+    try:
+        data = submissions.read_bytes(result_path, limit=512 << 20)
+        result = json.loads(data) if data else None
+    except (ValueError, RecursionError):
+        result = None
+    if not isinstance(result, dict) or not all(isinstance(result.get(k), t) for k, t in
+                                               (("rows", list), ("cells", list), ("feedback", dict))):
+        return None
+    return result
+
+
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+# ---------------------------------------------------------------- writing results
+
+def spreadsheet_safe(value):
+    """A CSV cell a spreadsheet will not run as a formula (OWASP: prefix a quote)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r", "|", "%"):
+        return "'" + value
+    return value
+
+
+def write_csv(path, rows, columns):
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow(r)
+            w.writerow({k: spreadsheet_safe(v) for k, v in r.items()})
+
+
+def pass_rates(cells):
+    """{(assignment, grade_id): (passed, graded)} over all students."""
+    rates = {}
+    for c in cells:
+        key = (c["assignment"], c["grade_id"])
+        passed, total = rates.get(key, (0, 0))
+        rates[key] = (passed + (float(c["score"]) >= float(c["max_score"]) > 0), total + 1)
+    return rates
 
 
 TIMING = {}  # seconds of the last grade() call: template_s (generate), students_s (grading)
-DEFAULT_TIMEOUT = 300  # seconds per cell, as in nbgrader_config.py (notebook 06 trains there)
+DEFAULT_TIMEOUT = 300  # seconds per cell, as in nbgrader_config.py (notebook 07 trains there)
 
 
-def grade(submissions, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memory_mb=3072,
-          file_mb=200, network=False, progress=True, keep=None, only=None):
+def grade(submissions_dir, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memory_mb=3072,
+          file_mb=200, network=False, progress=True, keep=None, only=None,
+          feedback_hidden=False):
     """Grade SUBMISSIONS into OUT_DIR; return the rows written to OUT_DIR/grades.csv.
     `only`: assignment names or numbers to grade (default: every notebook in solutions/)."""
-    submissions, out_dir = Path(submissions).resolve(), Path(out_dir).resolve()
+    submissions_dir, out_dir = Path(submissions_dir).resolve(), Path(out_dir).resolve()
     assignments = paths.assignments()
     if only:
         try:
@@ -452,42 +271,50 @@ def grade(submissions, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memo
             raise GradeError(str(exc)) from None
     if not assignments:
         raise GradeError(f"no notebooks in {paths.SOLUTIONS}")
-    if out_dir == submissions or submissions in out_dir.parents:
+    if out_dir == submissions_dir or submissions_dir in out_dir.parents:
         raise GradeError("--out must not be inside SUBMISSIONS (submissions are never modified)")
     import nbformat
     source_ids = {}
     for a in assignments:
         nb = nbformat.read(paths.solution_path(a), as_version=4)
         source_ids[a] = {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells} - {None}
-    students, warnings = discover(submissions, assignments, source_ids)
+    try:
+        students, warnings = submissions.discover(submissions_dir, assignments, source_ids)
+    except FileNotFoundError:
+        raise GradeError(f"no such folder: {submissions_dir}") from None
+    except NotADirectoryError:
+        raise GradeError(f"{submissions_dir} is a file; give the folder that holds one folder "
+                         f"(or file) per student") from None
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if not students:
-        raise GradeError(f"no student submissions in {submissions} (expected one folder per "
+        raise GradeError(f"no student submissions in {submissions_dir} (expected one folder per "
                          f"student, or files named <student>_<notebook>.ipynb)")
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = max(1, int(jobs))
     opts = Options(timeout=int(timeout), wall=int(wall or 4 * timeout + 120), memory_mb=memory_mb,
                    file_mb=file_mb, network=network,
-                   threads=max(1, (os.cpu_count() or 1) // jobs))
+                   threads=max(1, (os.cpu_count() or 1) // jobs), feedback_hidden=feedback_hidden)
     work_parent = Path(keep) if keep else None
     if work_parent:
         work_parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="course-grade-", dir=work_parent)
-    os.chmod(tmp, 0o755)
-    work = Path(tmp)
-    # "/" first: the whole root file system read-only for student code where the OS allows it;
-    # our folders named explicitly in case they live on other mounts.
-    opts.readonly = tuple(dict.fromkeys(["/", paths.ROOT, work, submissions, out_dir]))
-    rows = []
+    work = Path(tempfile.mkdtemp(prefix="course-grade-", dir=work_parent))
+    os.chmod(work, 0o700)   # nothing in here is for the sandboxes, which see none of it
+    cgroups = kernel_launcher.make_run_cgroups(f"grader-{os.getpid()}-{work.name[-8:]}") \
+        if os.geteuid() == 0 else {}
+    rows, cells = [], []
     try:
-        sandbox = probe(opts, homes=work / "probe")
+        data_dir = work / "data"
+        data = prepare_data(data_dir)
+        opts.data = str(data) if data else ""
+        sandbox = probe(opts, cgroups)
         print("Student code runs with: " + "; ".join(f"{k} {v}" for k, v in sandbox.items()),
               file=sys.stderr)
+        if sandbox.get("sandbox", "").startswith("none") and os.geteuid() == 0:
+            print("warning: without bubblewrap the kernels are not isolated from each other or "
+                  "from the machine's files (see GRADING_SECURITY.md)", file=sys.stderr)
         print(f"Generating {len(assignments)} assignment(s) from solutions/ ...", file=sys.stderr)
         started = time.perf_counter()
-        data = prepare_data(work / "data")
-        opts.data = str(data) if data else ""
         max_scores = build_template(work / "template", assignments)
         TIMING["template_s"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -495,32 +322,50 @@ def grade(submissions, out_dir, jobs=1, timeout=DEFAULT_TIMEOUT, wall=None, memo
         bar = tqdm(total=len(students), unit="student", desc="grading", disable=not progress,
                    file=sys.stderr)
         lock = threading.Lock()
+        slots = list(range(jobs))
         results = {}
+
+        def one(index, student):
+            with lock:
+                slot = slots.pop()
+            try:
+                return grade_student(index, slot, student, work, assignments, max_scores, opts,
+                                     cgroups, source_ids)
+            finally:
+                with lock:
+                    slots.append(slot)
+
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(grade_student, i, s, work / "template", work, out_dir,
-                                   assignments, max_scores, opts): s
-                       for i, s in enumerate(students)}
+            futures = {pool.submit(one, i, s): s for i, s in enumerate(students)}
             for fut in as_completed(futures):
                 student = futures[fut]
                 try:
                     results[student.name] = fut.result()
                 except Exception as exc:  # noqa: BLE001 - one student's failure never stops the batch
-                    results[student.name] = [
+                    results[student.name] = ([
                         {"student": student.name, "assignment": a, "score": 0.0,
                          "max_score": max_scores[a], "status": "error",
                          "detail": f"grader failure: {type(exc).__name__}: {exc}"[:300]}
-                        for a in assignments]
+                        for a in assignments], [], {})
                 with lock:
                     bar.update(1)
         bar.close()
         TIMING["students_s"] = time.perf_counter() - started
         for s in students:
-            rows.extend(results[s.name])
-        write_csv(out_dir / "grades.csv", rows)
+            student_rows, student_cells, feedback = results[s.name]
+            rows.extend(student_rows)
+            cells.extend(dict(c, student=s.name) for c in student_cells)
+            for a, html in feedback.items():
+                dest = out_dir / "feedback" / s.folder / f"{a}.html"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(html)
+        write_csv(out_dir / "grades.csv", rows, CSV_COLUMNS)
+        write_csv(out_dir / "cells.csv", cells, CELL_COLUMNS)
     finally:
+        kernel_launcher.remove_run_cgroups(cgroups)
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    return rows
+    return rows, cells
 
 
 def summary(rows):
@@ -530,23 +375,34 @@ def summary(rows):
     return ", ".join(f"{n} {k}" for k, n in sorted(by_status.items()))
 
 
+def print_pass_rates(cells, out=sys.stdout):
+    rates = pass_rates(cells)
+    if not rates:
+        return
+    print("Pass rate of each grade cell (students with full marks / graded):", file=out)
+    for (a, gid), (passed, total) in sorted(rates.items()):
+        print(f"  {a:28} {gid:36} {passed:4d}/{total:<4d} {100 * passed / total:5.1f}%", file=out)
+
+
 def main(args):
     try:
-        rows = grade(args.submissions, args.out, jobs=args.jobs, timeout=args.timeout,
-                     wall=args.wall, memory_mb=args.memory_mb, network=args.allow_network,
-                     progress=not args.quiet, keep=args.keep, only=args.assignments)
+        rows, cells = grade(args.submissions, args.out, jobs=args.jobs, timeout=args.timeout,
+                            wall=args.wall, memory_mb=args.memory_mb, network=args.allow_network,
+                            progress=not args.quiet, keep=args.keep, only=args.assignments,
+                            feedback_hidden=args.feedback_with_hidden_tests)
     except GradeError as exc:
         print(exc.code, file=sys.stderr)
         return 2
     out = Path(args.out)
-    print(f"wrote {out / 'grades.csv'} ({len(rows)} rows: {summary(rows)}) and feedback in "
-          f"{out / 'feedback'}/")
+    print_pass_rates(cells)
+    print(f"wrote {out / 'grades.csv'} ({len(rows)} rows: {summary(rows)}), {out / 'cells.csv'} "
+          f"and feedback in {out / 'feedback'}/")
     return 0
 
 
 def add_arguments(parser):
     parser.add_argument("submissions", help="folder with one folder (or file) per student")
-    parser.add_argument("--out", required=True, help="where grades.csv and feedback/ go")
+    parser.add_argument("--out", required=True, help="where grades.csv, cells.csv and feedback/ go")
     parser.add_argument("--assignments", nargs="+", metavar="NN",
                         help="grade only these notebooks (e.g. 01 05); default: all")
     parser.add_argument("--jobs", type=int, default=1, help="students graded in parallel (default 1)")
@@ -555,8 +411,12 @@ def add_arguments(parser):
     parser.add_argument("--wall", type=int, default=None,
                         help="seconds one notebook may take in all (default 4*timeout+120)")
     parser.add_argument("--memory-mb", type=int, default=3072,
-                        help="data-segment cap for student code, MB (default 3072; notebook 06 did not fit in 2048; 0: none)")
+                        help="memory for student code, MB per process (the sandbox as a whole "
+                             "gets 1 GB more; default 3072; 0: none)")
     parser.add_argument("--allow-network", action="store_true",
-                        help="let student code use the network (default: cut off where possible)")
+                        help="let student code use the network (default: cut off)")
+    parser.add_argument("--feedback-with-hidden-tests", action="store_true",
+                        help="show the hidden tests' code in the feedback (default: only their "
+                             "failure messages)")
     parser.add_argument("--keep", metavar="DIR", help="keep the grading courses under DIR (debugging)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

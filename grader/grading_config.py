@@ -1,6 +1,9 @@
-# nbgrader configuration for grading untrusted submissions (`python -m grader grade`): the
-# course's nbgrader_config.py plus the sandboxed, guarded Execute preprocessor (grader/sandbox.py).
-# An instructor running nbgrader by hand can pass this file with --config to get the same.
+# nbgrader configuration for grading untrusted notebooks (`python -m grader grade`): the course's
+# nbgrader_config.py, plus: student code runs in a sandboxed kernel (grader/sandbox.py,
+# grader/kernel_launcher.py) and the tests run in the judge (grader/judged_execute.py,
+# grader/judge.py), a process that never runs student code. It needs the environment that
+# `grader grade` sets (GRADER_* variables); see GRADING_SECURITY.md.
+import os
 import sys
 from pathlib import Path
 
@@ -12,12 +15,12 @@ if str(_here.parent) not in sys.path:
     sys.path.insert(0, str(_here.parent))
 
 from nbgrader.preprocessors import (  # noqa: E402
-    AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput, SaveAutoGrades)
+    AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, IgnorePattern,
+    LimitOutput, OverwriteKernelspec, SaveAutoGrades)
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 
-from nbgrader.preprocessors import ClearOutput, DeduplicateIds, OverwriteKernelspec  # noqa: E402
-
-from grader.sandbox import GuardedExecute, RestoringOverwriteCells  # noqa: E402
+from grader.judged_execute import JudgedExecute  # noqa: E402
+from grader.sandbox import LAUNCHER, RestoringOverwriteCells  # noqa: E402
 
 # Deleted test cells come back from the source wherever they sat (see RestoringOverwriteCells).
 c.Autograde.sanitize_preprocessors = [
@@ -25,11 +28,21 @@ c.Autograde.sanitize_preprocessors = [
 c.RestoringOverwriteCells.add_missing_cells = True
 
 c.Autograde.autograde_preprocessors = [
-    GuardedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+    JudgedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
     AssignLatePenalties, CheckCellMetadata]
-# GuardedExecute subclasses Execute, so c.Execute.* (timeout, ...) applies to it unchanged.
-# A submission that breaks its own kernel (e.g. patches builtins.isinstance) must not make
-# nbgrader abandon the notebook: missing output counts as a failed cell, the rest is graded.
-c.GuardedExecute.raise_on_iopub_timeout = False
+# JudgedExecute subclasses nbgrader's Execute, so c.Execute.* (timeout, ...) applies unchanged.
+c.JudgedExecute.sandboxed = True
+c.JudgedExecute.judge_command = [sys.executable, str(LAUNCHER), "--judge",
+                                 sys.executable, "-m", "grader.judge"]
+# A submission that breaks its own kernel must not make nbgrader abandon the notebook.
+c.JudgedExecute.raise_on_iopub_timeout = False
 # Kernels start slowly on a loaded machine with --jobs workers: give them time.
-c.GuardedExecute.startup_timeout = 180
+c.JudgedExecute.startup_timeout = 180
+
+# Feedback shows each grade cell's visible tests, its score and the failure message; the hidden
+# tests' code stays out of it (nbgrader#917) unless the instructor asks for it.
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import ClearHiddenTests, GetGrades  # noqa: E402
+
+if os.environ.get("GRADER_FEEDBACK_HIDDEN") != "1":
+    c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -1,334 +1,420 @@
-"""Start a Jupyter kernel for student code with the grader's limits applied, then exec it.
+"""Start a student's kernel, or the grader's judge, inside a sandbox of its own.
 
-    python kernel_launcher.py KERNEL_COMMAND ...     (what SandboxKernelManager runs)
-    python kernel_launcher.py --probe                (print which limits this machine allows)
+    python kernel_launcher.py --kernel KERNEL_COMMAND ...   (SandboxKernelManager runs this)
+    python kernel_launcher.py --judge JUDGE_COMMAND ...     (the judge, grader/judged_execute.py)
+    python kernel_launcher.py --probe                       (print which limits apply here)
 
-Standard library only: it runs before the kernel exists. Settings come from the environment
-(set by `python -m grader grade` on the nbgrader process, which the kernel inherits):
+Standard library only: it runs before the kernel exists. The sandbox is bubblewrap (`bwrap`,
+Debian's `bubblewrap` package), which builds the process's whole view of the system from
+scratch:
 
-    GRADER_MEMORY_MB   cap on the kernel's data segment (RLIMIT_DATA): a huge allocation becomes a
-                       clean MemoryError/RuntimeError instead of taking the machine down. RLIMIT_DATA
-                       rather than RLIMIT_AS: `import torch` needs ~3 GB of address space, not of data.
-    GRADER_FILE_MB     largest file the kernel may write (RLIMIT_FSIZE)
-    GRADER_NO_NETWORK  "1": a new, empty network namespace (unshare CLONE_NEWNET; as a normal user
-                       with a user namespace too). Needs the ipc transport (SandboxKernelManager).
-    GRADER_READONLY    os.pathsep-separated folders the kernel must not write (the repository, the
-                       grading work folder with its gradebooks and other students' courses): a
-                       private mount namespace where they are bind-mounted read-only, except the
-                       kernel's own working folder and GRADER_WRITABLE folders (its HOME, ...).
-    GRADER_USER        when started as root: also run the kernel as this user (default "nobody")
-                       if that user can run this Python (not when it lives under /root).
-    GRADER_KERNEL_HOMES a folder in which each kernel gets a new, empty HOME (and IPYTHONDIR,
-                       MPLCONFIGDIR, XDG_CACHE_HOME, TMPDIR in it), its only writable place besides
-                       its working folder: nothing an earlier kernel wrote there (IPython startup
-                       files, a .pth in user site-packages, Jupyter config or kernelspecs that the
-                       grader's own nbgrader would read) reaches a later kernel or the grader.
+- its own mount, PID, IPC, UTS, cgroup and (unless the network is allowed) network namespaces;
+  a fresh /proc (no other process is visible), a minimal /dev, size-limited tmpfs for /tmp,
+  /dev/shm and HOME (which vanish with the sandbox);
+- a file system that holds only what Python needs (the system folders, the Python prefix, the
+  virtual environment, the course's MNIST copy), read-only. The repository (solutions, hidden
+  tests), the grading work folder (other students' copies, gradebooks, feedback), the
+  submissions and everything else on the machine do not exist in there. A kernel also sees its
+  own runtime folder (its connection file and sockets), read-write, and nothing of any other
+  kernel's;
+- when the grader runs as root: a user id of its own for each grading slot (GRADER_UID), no
+  capabilities, no_new_privs; a memory cgroup counting everything the sandbox uses (processes,
+  children, shared memory, tmpfs) and a pids cgroup, both created here under GRADER_CGROUP and
+  removed when the sandbox ends;
+- always: rlimits on the data segment (a big allocation is a clean MemoryError), file size, core
+  dumps; stdout and stderr go nowhere (the notebook protocol carries the output).
 
-    GRADER_MAX_TASKS   processes and threads the kernel's user may have (RLIMIT_NPROC), counted
-                       on top of those it has when the kernel starts: a fork bomb fails cleanly.
+Settings (environment, set by `python -m grader grade`): GRADER_MEMORY_MB, GRADER_FILE_MB,
+GRADER_MAX_TASKS, GRADER_NO_NETWORK ("1"), GRADER_UID and GRADER_JUDGE_UID (when root: the
+kernel's and the judge's user ids), GRADER_CGROUP (JSON {controller: folder}), GRADER_DATA
+(folder shown read-only), GRADER_SHOW (os.pathsep-separated folders the judge also sees
+read-only: the repository). A kernel's own runtime folder (connection file and sockets) comes
+as `--kernel --runtime DIR` and is shown read-write.
 
-The kernel runs in a new PID namespace too, under a small init (this launcher, forked): when the
-kernel ends or the launcher is killed, everything it started goes with the namespace (a daemon
-that double-forked, a fork bomb), and nothing in it can signal processes outside (other kernels).
-
-Every limit degrades gracefully: what the OS refuses is reported (--probe) and skipped. Except
-one: a kernel that should drop from root to GRADER_USER and cannot is not started at all.
+Without bubblewrap, or where it cannot start, the process runs with the rlimits and (as root)
+another user id only; --probe and `grader grade` say so. A sandbox that should drop root and
+cannot is not started at all.
 """
-import ctypes
 import json
 import os
 import resource
+import shutil
 import signal
+import subprocess
 import sys
-import tempfile
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
-CLONE_NEWPID = 0x20000000
-MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+BWRAP = shutil.which("bwrap") or ("/usr/bin/bwrap" if os.path.exists("/usr/bin/bwrap") else None)
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+HOME = "/home/student"
+TMPFS_MB = 256
 
 
-def _unshare(flags):
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+def setting(name, default=""):
+    return os.environ.get(name, default)
 
 
-def _mount(source, target, flags):
-    libc = ctypes.CDLL(None, use_errno=True)
-    src = source.encode() if source else None
-    if libc.mount(src, target.encode(), None, flags, None) != 0:
-        raise OSError(ctypes.get_errno(), f"mount {target}: {os.strerror(ctypes.get_errno())}")
-
-
-def readonly_mounts(readonly, writable):
-    """In the current (private) mount namespace: `readonly` folders read-only, `writable` ones
-    (inside them) writable again."""
-    _mount(None, "/", MS_REC | MS_PRIVATE)
-    for path in readonly:
-        if path == "/":
-            # The root file system itself, in this namespace only (separate mounts keep theirs).
-            _mount(None, "/", MS_REMOUNT | MS_BIND | MS_RDONLY)
-            continue
-        _mount(path, path, MS_BIND | MS_REC)
-        _mount(None, path, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    for path in writable:
-        # A bind mount copies the read-only flag of the mount it comes from: remount it rw.
-        _mount(path, path, MS_BIND)
-        _mount(None, path, MS_REMOUNT | MS_BIND)
-    os.chdir(os.getcwd())  # the working folder through the new mounts
-
-
-def isolate(network, mounts):
-    """Enter new namespaces (network and/or mount); return how, or raise OSError."""
-    flags = (CLONE_NEWNET if network else 0) | (CLONE_NEWNS if mounts else 0)
+def _int(name):
     try:
-        _unshare(flags)
-        return "namespaces"
-    except OSError:
-        uid, gid = os.getuid(), os.getgid()
-        _unshare(CLONE_NEWUSER | flags)
-        # Map our own ids so file permissions stay what they were.
+        return int(setting(name, "0") or 0)
+    except ValueError:
+        return 0
+
+
+# ------------------------------------------------------------------ cgroups
+
+def _cgroup_parents():
+    try:
+        parents = json.loads(setting("GRADER_CGROUP") or "{}")
+    except ValueError:
+        return {}
+    return {k: v for k, v in parents.items() if isinstance(v, str) and os.path.isdir(v)}
+
+
+def make_cgroups(name, memory_mb, tasks):
+    """Create cgroups `name` under GRADER_CGROUP's folders, put this process in them; return the
+    folders made (the sandbox started from here inherits them)."""
+    made = []
+    for controller, parent in _cgroup_parents().items():
+        path = os.path.join(parent, name)
         try:
-            with open("/proc/self/setgroups", "w") as f:
-                f.write("deny")
-            with open("/proc/self/uid_map", "w") as f:
-                f.write(f"{uid} {uid} 1")
-            with open("/proc/self/gid_map", "w") as f:
-                f.write(f"{gid} {gid} 1")
+            os.mkdir(path)
+        except OSError:
+            continue
+        made.append(path)
+        limits = []
+        if controller in ("memory", "unified") and memory_mb:
+            limit = (memory_mb + 1024) << 20
+            limits += [("memory.limit_in_bytes", limit), ("memory.memsw.limit_in_bytes", limit),
+                       ("memory.max", limit), ("memory.swap.max", 0)]
+        if controller in ("pids", "unified") and tasks:
+            limits.append(("pids.max", tasks))
+        for filename, value in limits:
+            try:
+                with open(os.path.join(path, filename), "w") as f:
+                    f.write(str(value))
+            except OSError:
+                pass
+        try:
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
         except OSError:
             pass
-        return "user namespaces"
+    return made
 
 
-def _others_can_run(path):
-    """True if a user other than the owner can execute `path` (every folder above it too)."""
-    path = os.path.realpath(path)
-    parts = path.split(os.sep)
-    for i in range(2, len(parts) + 1):
-        mode = os.stat(os.sep.join(parts[:i]) or os.sep).st_mode
-        if not mode & 0o001:
-            return False
-    return True
+def remove_cgroups(made):
+    """Kill what is left in the sandbox's cgroups, move out, remove them."""
+    for path in made:
+        parent = os.path.dirname(path)
+        try:
+            with open(os.path.join(parent, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError:
+            pass
+    for path in made:
+        kill_cgroup(path)
 
 
-def sandbox_user():
-    """(uid, gid) to drop to, or None when not root / not wanted / unknown user."""
-    if os.geteuid() != 0:
-        return None
-    name = os.environ.get("GRADER_USER", "nobody")
-    if not name:
-        return None
+def kill_cgroup(path):
+    for _ in range(50):
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except (OSError, ValueError):
+            pids = []
+        for pid in pids:
+            if pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        try:
+            os.rmdir(path)
+            return True
+        except OSError:
+            import time
+            time.sleep(0.05)
+    return False
+
+
+def _own_cgroups():
+    """{controller: folder of this process's cgroup} for memory and pids (v1), or unified (v2)."""
+    found = {}
     try:
-        import pwd
-        entry = pwd.getpwnam(name)
-    except (KeyError, ImportError):
-        return None
-    if not _others_can_run(sys.executable):
-        return None
-    return entry.pw_uid, entry.pw_gid
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            base = "/sys/fs/cgroup"
+            if os.path.exists(os.path.join(base, "cgroup.controllers")):
+                found["unified"] = os.path.join(base, path.lstrip("/"))
+            continue
+        for c in controllers.split(","):
+            if c in ("memory", "pids"):
+                found[c] = os.path.join("/sys/fs/cgroup", c, path.lstrip("/"))
+    if "memory" in found or "pids" in found:
+        found.pop("unified", None)
+    return found
 
+
+def make_run_cgroups(name):
+    """A parent cgroup for one grading run (root only): {controller: folder}; {} where cgroups
+    cannot be made. Sandboxes create theirs inside (GRADER_CGROUP)."""
+    made = {}
+    for controller, base in _own_cgroups().items():
+        path = os.path.join(base, name)
+        try:
+            os.mkdir(path)
+        except OSError:
+            continue
+        if controller == "unified":
+            try:   # let children use the memory and pids controllers
+                with open(os.path.join(path, "cgroup.subtree_control"), "w") as f:
+                    f.write("+memory +pids")
+            except OSError:
+                os.rmdir(path)
+                continue
+        made[controller] = path
+    return made
+
+
+def remove_run_cgroups(made):
+    """Kill whatever is still inside a run's cgroups (sandboxes whose launcher was killed) and
+    remove them."""
+    for path in made.values():
+        if not os.path.isdir(path):
+            continue
+        for child in sorted(os.listdir(path)):
+            sub = os.path.join(path, child)
+            if os.path.isdir(sub):
+                kill_cgroup(sub)
+        kill_cgroup(path)
+
+
+# ------------------------------------------------------------------ the bubblewrap command
+
+def _ancestors(path):
+    parts = os.path.normpath(path).split(os.sep)[1:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def python_dirs():
+    """Folders this Python needs: its prefix (the venv) and the base installation."""
+    dirs = {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
+    exe = os.path.realpath(sys.executable)
+    dirs.add(os.path.dirname(os.path.dirname(exe)))
+    return sorted(d for d in dirs if d and d != "/")
+
+
+def bwrap_command(cmd, *, runtime=None, show=(), network=False, as_root=False, cwd=HOME):
+    args = [BWRAP, "--die-with-parent", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
+            "--unshare-cgroup-try", "--hostname", "sandbox"]
+    if not network:
+        args.append("--unshare-net")
+    if not as_root:
+        args.append("--unshare-user")
+    binds = []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            binds.append(d)
+    here = os.path.realpath(__file__)
+    binds += [d for d in list(python_dirs()) + [p for p in show if p] if os.path.exists(d)]
+    binds.append(here)
+    # bwrap would make the folders above a bind owner-only: make them traversable first.
+    parents = sorted({a for b in binds + [runtime or "/"] for a in _ancestors(b)} - set(binds))
+    for d in parents:
+        args += ["--perms", "0755", "--dir", d]
+    for d in binds:
+        args += ["--ro-bind", d, d]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    size = str(TMPFS_MB << 20)
+    for d in ("/tmp", "/dev/shm", HOME):
+        args += ["--perms", "1777", "--size", size, "--tmpfs", d]
+    if runtime:
+        args += ["--bind", runtime, runtime]
+    if as_root:
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    args += ["--chdir", cwd, "--setenv", "HOME", HOME]
+    return args + ["--", sys.executable, here, "--inside", "--"] + cmd
+
+
+# ------------------------------------------------------------------ inside the sandbox
 
 HOME_DIRS = {"IPYTHONDIR": ".ipython", "MPLCONFIGDIR": ".mpl", "XDG_CACHE_HOME": ".cache",
              "TMPDIR": "tmp"}
 
 
-def fresh_home(ids):
-    """A new, empty HOME under GRADER_KERNEL_HOMES, owned by the user the kernel will run as and
-    set in the environment; return it, or None when GRADER_KERNEL_HOMES is unset."""
-    parent = os.environ.get("GRADER_KERNEL_HOMES")
-    if not parent:
-        return None
-    home = tempfile.mkdtemp(prefix="kernel-", dir=parent)
-    made = [home]
-    for var, sub in HOME_DIRS.items():
-        made.append(os.path.join(home, sub))
-        os.mkdir(made[-1], 0o700)
-        os.environ[var] = made[-1]
-    os.environ["HOME"] = home
-    if ids is not None:
-        for path in made:
-            os.chown(path, *ids)
-    return home
-
-
-def apply_limits(connection_file=None):
-    """Apply every configured limit; return {limit: 'on ...' | 'unavailable: why'}."""
-    report = {}
-    ids = sandbox_user()
-    if ids is not None and connection_file:
-        # Now: nbgrader may keep it in a folder that is read-only once the mounts are made.
-        try:
-            os.chown(connection_file, *ids)
-        except OSError as exc:
-            report["user"] = f"unchanged: connection file: {exc}"
-            ids = None
-    home = None
-    try:
-        home = fresh_home(ids)
-        if home:
-            report["home"] = "new and empty for each kernel"
-    except OSError as exc:
-        report["home"] = f"shared: {exc}"
-    mem = int(os.environ.get("GRADER_MEMORY_MB", "0") or 0)
+def apply_rlimits(report):
+    mem = _int("GRADER_MEMORY_MB")
     if mem > 0:
         try:
             resource.setrlimit(resource.RLIMIT_DATA, (mem << 20, mem << 20))
-            report["memory"] = f"on ({mem} MB data segment)"
+            report["memory"] = f"on ({mem} MB data segment per process)"
         except (ValueError, OSError) as exc:
             report["memory"] = f"unavailable: {exc}"
-    fsize = int(os.environ.get("GRADER_FILE_MB", "0") or 0)
+    fsize = _int("GRADER_FILE_MB")
     if fsize > 0:
         try:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize << 20, fsize << 20))
             report["file size"] = f"on ({fsize} MB)"
         except (ValueError, OSError) as exc:
             report["file size"] = f"unavailable: {exc}"
-    network = os.environ.get("GRADER_NO_NETWORK") == "1"
-    readonly = [p for p in os.environ.get("GRADER_READONLY", "").split(os.pathsep) if p]
-    writable = [os.getcwd()] + ([home] if home else []) + [
-        p for p in os.environ.get("GRADER_WRITABLE", "").split(os.pathsep) if p]
     try:
-        how = isolate(network, bool(readonly))
-        if network:
-            report["network"] = f"off ({how})"
-        if readonly:
-            try:
-                readonly_mounts(readonly, writable)
-                report["files"] = "read-only outside its folder"
-            except OSError as exc:
-                report["files"] = f"unprotected: {exc}"
-    except OSError as exc:
-        if network:
-            report["network"] = f"unavailable: {exc}"
-        if readonly:
-            report["files"] = f"unprotected: {exc}"
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError):
+        pass
+
+
+def drop_privileges(uid):
+    """setgroups/setgid/setuid to `uid` (its own group), then no_new_privs."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise OSError("the user id did not change")
+
+
+def no_new_privs():
     try:
-        _unshare(CLONE_NEWPID)
-        report["processes"] = "own PID namespace"
-    except OSError as exc:
-        report["processes"] = f"shared PID namespace: {exc}"
-    if ids is not None:
-        uid, gid = ids
-        try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            report["user"] = f"uid {uid}"
-        except OSError as exc:
-            report["user"] = f"unchanged: {exc}"
-    tasks = int(os.environ.get("GRADER_MAX_TASKS", "0") or 0)
-    if tasks > 0:
-        # RLIMIT_NPROC counts every task of the (real) user: allow `tasks` more than it has now.
-        limit = _tasks_of(os.getuid()) + tasks
-        try:
-            resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
-            report["tasks"] = f"on ({tasks} more processes or threads)"
-        except (ValueError, OSError) as exc:
-            report["tasks"] = f"unavailable: {exc}"
-    return report
-
-
-def _tasks_of(uid):
-    """Processes plus threads that `uid` has now (what RLIMIT_NPROC compares with)."""
-    count = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-            if int(fields["Uid"].split()[0]) == uid:
-                count += int(fields.get("Threads", "1"))
-        except (OSError, KeyError, ValueError):
-            continue
-    return count
-
-
-def die_with_parent():
-    """SIGKILL for this process when its parent dies (nbgrader killed for running over the
-    grader's wall-clock limit; or, for the namespace's init, the launcher). Set after setuid,
-    which clears it; survives exec."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
     except (OSError, AttributeError):
         pass
 
 
-def main(argv):
-    if argv[1:] == ["--probe"]:
-        print(json.dumps(apply_limits()))
-        return 0
-    cmd = argv[1:]
-    if not cmd:
-        print(__doc__, file=sys.stderr)
-        return 2
-    conn = None
-    if "-f" in cmd and cmd.index("-f") + 1 < len(cmd):
-        conn = cmd[cmd.index("-f") + 1]
-    report = apply_limits(conn)
-    if report.get("user", "").startswith("unchanged"):
-        # Root in the kernel could undo every other limit (remount, raise rlimits): refuse.
-        print(f"kernel_launcher: not starting the kernel as root: {report['user']}",
+def inside(cmd):
+    """Last step, in the sandbox: become the sandbox user, set limits, exec the command."""
+    report = {}
+    uid = _int("GRADER_UID")
+    if os.geteuid() == 0 and uid:
+        drop_privileges(uid)
+    no_new_privs()
+    apply_rlimits(report)
+    home = os.environ.get("HOME", HOME)
+    for var, sub in HOME_DIRS.items():
+        path = os.path.join(home, sub)
+        os.makedirs(path, exist_ok=True)
+        os.environ[var] = path
+    os.environ.setdefault("USER", "student")
+    os.environ["LOGNAME"] = os.environ["USER"]
+    quiet = setting("GRADER_QUIET") == "1"
+    if quiet:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+    os.environ.pop("JPY_PARENT_PID", None)
+    os.execvp(cmd[0], cmd)
+
+
+# ------------------------------------------------------------------ outside: start the sandbox
+
+def can_use_bwrap(as_root):
+    if not BWRAP:
+        return "bubblewrap is not installed (apt-get install bubblewrap)"
+    probe = bwrap_command(["true"], as_root=as_root)
+    # The probe runs `python kernel_launcher.py --inside -- true`.
+    env = dict(os.environ, GRADER_UID="0" if not as_root else setting("GRADER_UID"))
+    proc = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return f"bubblewrap cannot start here: {(proc.stderr or '').strip()[-200:]}"
+    return None
+
+
+def start(cmd, kind, runtime=None, conn=None):
+    """Run `cmd` sandboxed; return its exit status. `kind`: "kernel" or "judge"."""
+    as_root = os.geteuid() == 0
+    uid_var = "GRADER_UID" if kind == "kernel" else "GRADER_JUDGE_UID"
+    uid = _int(uid_var) if as_root else 0
+    if as_root and not uid:
+        print(f"kernel_launcher: refusing to start a {kind} as root: {uid_var} is not set",
               file=sys.stderr)
         return 1
-    die_with_parent()
-    if report.get("processes") != "own PID namespace":
-        os.execvp(cmd[0], cmd)
-    return run_as_init(cmd)
+    if as_root:
+        for path in [p for p in (runtime, conn) if p and os.path.exists(p)]:
+            os.chown(path, uid, uid)
+    show = [setting("GRADER_DATA")]
+    if kind == "judge":
+        show += [p for p in setting("GRADER_SHOW").split(os.pathsep) if p]
+    network = setting("GRADER_NO_NETWORK") != "1"
+    made = make_cgroups(f"{kind}-{os.getpid()}", _int("GRADER_MEMORY_MB"),
+                        _int("GRADER_MAX_TASKS")) if as_root else []
+    quiet = kind == "kernel" and setting("GRADER_DEBUG") != "1"
+    env = dict(os.environ, GRADER_QUIET="1" if quiet else "0", GRADER_UID=str(uid))
+    if BWRAP:
+        full = bwrap_command(cmd, runtime=runtime, show=show, network=network, as_root=as_root)
+    else:
+        full = [sys.executable, os.path.realpath(__file__), "--inside", "--"] + cmd
+        if as_root and not uid:
+            return 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # interrupts reach the kernel by message
+    try:
+        child = subprocess.Popen(full, env=env, stdin=None if kind == "judge" else subprocess.DEVNULL)
+    except OSError as exc:
+        print(f"kernel_launcher: could not start the sandbox: {exc}", file=sys.stderr)
+        remove_cgroups(made)
+        return 1
 
-
-FORWARD = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-
-
-def run_as_init(cmd):
-    """Fork pid 1 of the new PID namespace, which forks and execs the kernel, forwards signals
-    to it and reaps orphans; exit with the kernel's status. Jupyter signals the process group
-    (all three of us): SIGINT is the kernel's alone (an interrupt must arrive once)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    init = os.fork()
-    if init == 0:
-        die_with_parent()
-        kernel = os.fork()
-        if kernel == 0:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            # ipykernel would see its parent as pid 1 and take that for nbgrader having died;
-            # the namespace takes care of that instead.
-            os.environ.pop("JPY_PARENT_PID", None)
-            try:
-                os.execvp(cmd[0], cmd)
-            finally:
-                os._exit(127)
-        _forward_to(kernel)
-        while True:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                os._exit(1)
-            except InterruptedError:
-                continue
-            if pid == kernel:
-                # Leaving kills whatever else is still in the namespace.
-                os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    _forward_to(init)
-    while True:
-        try:
-            _, status = os.waitpid(init, 0)
-            return os.waitstatus_to_exitcode(status) & 0xFF
-        except InterruptedError:
-            continue
-
-
-def _forward_to(pid):
     def forward(signum, _frame):
         try:
-            os.kill(pid, signum)
+            child.send_signal(signum)
         except ProcessLookupError:
             pass
-    for signum in FORWARD:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
+    try:
+        return child.wait()
+    finally:
+        remove_cgroups(made)
+
+
+def probe():
+    """{limit: how it applies here} for the kernel sandbox."""
+    report = {}
+    as_root = os.geteuid() == 0
+    why = can_use_bwrap(as_root)
+    if why:
+        report["sandbox"] = f"none: {why}"
+    else:
+        report["sandbox"] = "bubblewrap"
+        report["processes"] = "own PID namespace (nothing else visible)"
+        report["files"] = "only Python, the course data and its own runtime folder, read-only"
+        report["network"] = "off" if setting("GRADER_NO_NETWORK") == "1" else "on"
+        report["tmp"] = f"private /tmp, /dev/shm and HOME, {TMPFS_MB} MB each"
+    apply_rlimits(report)
+    if as_root:
+        report["user"] = f"uid {_int('GRADER_UID')}" if _int("GRADER_UID") else "NOT SET"
+        parents = _cgroup_parents()
+        report["cgroup"] = (f"memory and tasks counted for the whole sandbox ({', '.join(sorted(parents))})"
+                            if parents else "unavailable (per-process limits only)")
+    else:
+        report["user"] = "unchanged (the grader is not root)"
+        report["cgroup"] = "unavailable (the grader is not root; per-process limits only)"
+    return report
+
+
+def main(argv):
+    args = argv[1:]
+    if args[:1] == ["--probe"]:
+        print(json.dumps(probe()))
+        return 0
+    if args[:2] == ["--inside", "--"]:
+        return inside(args[2:])
+    if args[:1] in (["--kernel"], ["--judge"]) and len(args) > 1:
+        kind, cmd, runtime = args[0][2:], args[1:], None
+        if cmd[:1] == ["--runtime"] and len(cmd) > 2:
+            runtime, cmd = cmd[1], cmd[2:]
+        conn = cmd[cmd.index("-f") + 1] if "-f" in cmd[:-1] else None
+        return start(cmd, kind, runtime, conn)
+    print(__doc__, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
