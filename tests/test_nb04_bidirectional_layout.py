@@ -1,11 +1,15 @@
-"""Notebook 03 (bidirectional output layout, packed sequences): the reference code against PyTorch.
+"""Notebook 04 (bidirectional output layout, packed sequences): the reference code against PyTorch.
 
 Ground truth is never read off the layout being tested: every (layer, direction) of a module is
 re-run as its own one-layer, one-direction copy with the weights copied in, one sequence at a
 time (so padding cannot leak in). On top of that, the notebook's grade cells are executed
-directly (no nbgrader): they pass on the reference, and known wrong answers fail them with the
-message that names the mistake.
+directly (no nbgrader; the test-helpers cell first): they pass on the reference and on the
+alternative answers of tests/alternatives/, and known wrong answers fail them with the message
+that names the mistake. The claims the notebook makes about PyTorch itself (what
+pack_padded_sequence accepts as lengths, the documentation's view recipe) are checked against the
+installed torch.
 """
+import importlib.util
 import random
 
 import nbformat
@@ -194,177 +198,137 @@ def test_make_packed_batch_keeps_data_device_and_cpu_lengths(ref):
         assert packed.data.is_cuda
 
 
+# ---------------------------------------------------------------- claims about PyTorch itself
+
+def test_lengths_may_be_a_list_or_a_cpu_tensor_of_any_dtype():
+    """Section 4: lengths on the CPU, any dtype, cast to int64 (fractions truncated)."""
+    x = torch.randn(5, 3, 2)
+    want = pack_padded_sequence(x, torch.tensor([3, 5, 1]), enforce_sorted=False)
+    for lengths in ([3, 5, 1], (3, 5, 1), [3.7, 5.2, 1.9], torch.tensor([3, 5, 1], dtype=torch.int32),
+                    torch.tensor([3.0, 5.0, 1.0]), torch.tensor([3, 5, 1], dtype=torch.uint8)):
+        got = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        assert torch.equal(got.batch_sizes, want.batch_sizes), lengths
+        assert torch.equal(got.data, want.data), lengths
+    with pytest.raises(RuntimeError, match="1D CPU int64 tensor, but got 1D meta Long tensor"):
+        pack_padded_sequence(x.to("meta"), torch.tensor([3, 5, 1], device="meta"), enforce_sorted=False)
+    with pytest.raises(RuntimeError, match="sorted in decreasing order"):
+        pack_padded_sequence(x, [3, 5, 1])
+
+
+@pytest.mark.parametrize("mode", [nn.LSTM, nn.GRU])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_documentations_view_recipe_holds_for_time_major_only(mode, dtype):
+    torch.manual_seed(0)
+    T, B, H = 5, 3, 4
+    bf = mode(2, H, bidirectional=True, batch_first=True).to(dtype)
+    tm = mode(2, H, bidirectional=True).to(dtype)
+    tm.load_state_dict(bf.state_dict())
+    x = torch.randn(B, T, 2, dtype=dtype)
+    with torch.no_grad():
+        out_bf, out_tm = bf(x)[0], tm(x.transpose(0, 1))[0]
+    assert torch.equal(out_tm.view(T, B, 2, H)[:, :, 0], out_tm[..., :H])
+    assert not out_bf.is_contiguous()                    # the notebook says view refuses it
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        out_bf.view(T, B, 2, H)
+    assert not torch.allclose(out_bf.reshape(T, B, 2, H)[:, :, 0], out_bf[..., :H].transpose(0, 1))
+    assert torch.equal(out_bf.view(B, T, 2, H)[:, :, 0], out_bf[..., :H])
+    with torch.no_grad():
+        one = bf(x[:1])[0]
+    assert torch.equal(one.reshape(T, 1, 2, H)[:, :, 0], one[..., :H].transpose(0, 1))
+    packed = pack_sequence([x[0], x[1, :2], x[2, :4]], enforce_sorted=False)
+    with torch.no_grad():
+        padded = pad_packed_sequence(bf(packed)[0], batch_first=True)[0]
+    assert padded.is_contiguous()                        # ... and view runs silently on this one
+    assert not torch.allclose(padded.view(T, B, 2, H)[:, :, 0], padded[..., :H].transpose(0, 1))
+
+
 # ---------------------------------------------------------------- the grade cells themselves
 
+def notebook_cells(path):
+    return nbformat.read(path, as_version=4).cells
+
+
 def grade_cells():
-    nb = nbformat.read(paths.solution_path(NAME), as_version=4)
-    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells
+    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in notebook_cells(paths.solution_path(NAME))
             if c.metadata.get("nbgrader", {}).get("grade")}
 
 
-def run_grade_cell(grade_id, **overrides):
-    ns = solution_code.load("04_bidirectional_layout")
+GRADE_IDS = ["test_split_directions", "test_split_directions_2d", "test_split_directions_error",
+             "test_h_n_by_layer", "test_h_n_by_layer_error", "test_top_layer_final",
+             "test_top_layer_final_unidirectional", "test_make_packed_batch",
+             "test_make_packed_batch_device", "test_final_from_output",
+             "test_final_from_output_lengths", "test_final_from_output_batch_first",
+             "test_final_from_output_unidirectional"]
+
+
+def test_grade_cells_are_the_expected_ones():
+    assert list(grade_cells()) == GRADE_IDS
+
+
+def reference_namespace():
+    return solution_code.load(NAME, extra_tags=("test-helpers",))
+
+
+def run_grade_cell(grade_id, ns=None, **overrides):
+    ns = reference_namespace() if ns is None else ns
     ns.update(overrides)
     exec(compile(grade_cells()[grade_id], f"<{grade_id}>", "exec"), ns)
 
 
-@pytest.mark.parametrize("grade_id", ["test_split_directions", "test_h_n_by_layer",
-                                      "test_top_layer_final", "test_make_packed_batch",
-                                      "test_final_from_output"])
+@pytest.mark.parametrize("grade_id", GRADE_IDS)
 def test_grade_cell_passes_on_the_reference(grade_id, capsys):
     torch.set_num_threads(1)
     run_grade_cell(grade_id)
-    assert "visible tests passed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "(visible tests)" in out, out   # one success line
 
 
 def test_untouched_student_copy_fails_every_grade_cell():
-    nb = nbformat.read(paths.student_path(NAME), as_version=4)
     ns = {}
     failed = []
-    for cell in nb.cells:
+    for cell in notebook_cells(paths.student_path(NAME)):
         meta = cell.metadata.get("nbgrader", {})
-        is_setup = "setup" in cell.metadata.get("tags", [])
-        if cell.cell_type != "code" or not (is_setup or meta.get("solution") or meta.get("grade")):
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or not ("setup" in tags or "test-helpers" in tags
+                                            or meta.get("solution") or meta.get("grade")):
             continue
         try:
             exec(compile(cell.source, "<student>", "exec"), ns)
         except (NotImplementedError, AssertionError):
             failed.append(meta.get("grade_id"))
-    assert sorted(g for g in failed) == sorted(grade_cells()), failed
+    assert failed == GRADE_IDS, failed
 
 
-def _swap(output, hidden_size):
-    return output[..., hidden_size:], output[..., :hidden_size]
+def load_alternatives():
+    path = paths.ROOT / "tests" / "alternatives" / f"nb{NAME}.py"
+    spec = importlib.util.spec_from_file_location("nb04_alternatives", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _split_time(output, hidden_size):
-    return output[:, :hidden_size], output[:, hidden_size:]
+ALTERNATIVES = load_alternatives()
+ANSWER_GRADE_CELLS = {answer: [g for g in GRADE_IDS if g == f"test_{answer}" or g.startswith(f"test_{answer}_")]
+                      for answer in ALTERNATIVES.ALTERNATIVES}
 
 
-def _chunk(output, hidden_size):
-    return tuple(output.chunk(2, dim=-1))
-
-
-def _split_3d_only(output, hidden_size):
-    if output.shape[-1] != 2 * hidden_size:
-        raise ValueError
-    return output[:, :, :hidden_size], output[:, :, hidden_size:]
-
-
-def _direction_major(h_n, num_layers, bidirectional):
-    D = 2 if bidirectional else 1
-    if h_n.shape[0] != num_layers * D:
-        raise ValueError
-    return h_n.reshape(D, num_layers, *h_n.shape[1:]).transpose(0, 1)
-
-
-def _always_two(h_n, num_layers, bidirectional):
-    if h_n.shape[0] != num_layers * 2:
-        raise ValueError
-    return h_n.reshape(num_layers, 2, *h_n.shape[1:])
-
-
-def _plain_view(h_n, num_layers, bidirectional):
-    return h_n.view(num_layers, 2 if bidirectional else 1, *h_n.shape[1:])
-
-
-def _top_last_row(h_n, num_layers, bidirectional):
-    return h_n[-1]
-
-
-def _top_swapped(h_n, num_layers, bidirectional):
-    return torch.cat([h_n[-1], h_n[-2]], -1) if bidirectional else h_n[-1]
-
-
-def _top_layer0(h_n, num_layers, bidirectional):
-    return torch.cat([h_n[0], h_n[1]], -1) if bidirectional else h_n[0]
-
-
-def _top_direction_major(h_n, num_layers, bidirectional):
-    D = 2 if bidirectional else 1
-    return torch.cat(list(h_n.reshape(D, num_layers, *h_n.shape[1:])[:, -1]), -1)
-
-
-def _pack_sorted(seqs):
-    return pack_sequence(seqs)
-
-
-def _pack_device_lengths(seqs):
-    lengths = torch.tensor([len(s) for s in seqs], device=seqs[0].device)
-    return pack_padded_sequence(pad_sequence(seqs), lengths, enforce_sorted=False)
-
-
-def _pack_presorted(seqs):
-    return pack_sequence(sorted(seqs, key=len, reverse=True))
-
-
-def _pack_wrong_layout(seqs):
-    lengths = torch.tensor([len(s) for s in seqs])
-    return pack_padded_sequence(pad_sequence(seqs, batch_first=True), lengths, enforce_sorted=False)
-
-
-def _ffo(read_fwd, read_bwd):
-    """final_from_output built from two index rules over a time-major output."""
-    def f(output, lengths=None, batch_first=False, bidirectional=True):
-        out = output.transpose(0, 1) if batch_first else output
-        T, B, DH = out.shape
-        last = [T] * B if lengths is None else [int(n) for n in lengths]
-        rows = []
-        for b in range(B):
-            fwd = out[read_fwd(last[b], T), b]
-            if not bidirectional:
-                rows.append(fwd)
-                continue
-            H = DH // 2
-            rows.append(torch.cat([fwd[:H], out[read_bwd(last[b], T), b, H:]]))
-        return torch.stack(rows)
-    return f
-
-
-def _ffo_ignores_batch_first(output, lengths=None, batch_first=False, bidirectional=True):
-    return _ffo(lambda n, T: n - 1, lambda n, T: 0)(output, lengths, False, bidirectional)
-
-
-def _ffo_always_bidirectional(output, lengths=None, batch_first=False, bidirectional=True):
-    return _ffo(lambda n, T: n - 1, lambda n, T: 0)(output, lengths, batch_first, True)
-
-
-MUTANTS = [
-    ("test_split_directions", "split_directions", _swap, "that is the backward half"),
-    ("test_split_directions", "split_directions", _split_time, "split the LAST dimension"),
-    ("test_split_directions", "split_directions", _chunk, "must raise ValueError"),
-    ("test_split_directions", "split_directions", _split_3d_only, None),
-    ("test_h_n_by_layer", "h_n_by_layer", _direction_major, "direction-major"),
-    ("test_h_n_by_layer", "h_n_by_layer", _plain_view, "raise ValueError"),
-    ("test_h_n_by_layer", "h_n_by_layer", _always_two, None),
-    ("test_top_layer_final", "top_layer_final", _top_last_row, "only the backward half"),
-    ("test_top_layer_final", "top_layer_final", _top_swapped, "swapped"),
-    ("test_top_layer_final", "top_layer_final", _top_layer0, "you read layer 0"),
-    ("test_top_layer_final", "top_layer_final", _top_direction_major, "direction-major"),
-    ("test_make_packed_batch", "make_packed_batch", _pack_sorted, "enforce_sorted"),
-    ("test_make_packed_batch", "make_packed_batch", _pack_device_lengths, "meta device"),
-    ("test_make_packed_batch", "make_packed_batch", _pack_presorted, "sorted_indices"),
-    ("test_make_packed_batch", "make_packed_batch", _pack_wrong_layout, "agree on batch_first"),
-    ("test_final_from_output", "final_from_output",
-     _ffo(lambda n, T: n - 1, lambda n, T: n - 1), "backward half was read at t=length-1"),
-    ("test_final_from_output", "final_from_output",
-     _ffo(lambda n, T: n - 1, lambda n, T: T - 1), "backward half was read at t=S-1"),
-    ("test_final_from_output", "final_from_output",
-     _ffo(lambda n, T: T - 1, lambda n, T: 0), "forward half was read at t=S-1"),
-    ("test_final_from_output", "final_from_output",
-     _ffo(lambda n, T: n, lambda n, T: 0), "IndexError"),
-    ("test_final_from_output", "final_from_output", _ffo_ignores_batch_first, "batch_first"),
-    ("test_final_from_output", "final_from_output", _ffo_always_bidirectional, "bidirectional=False"),
-]
-
-
-@pytest.mark.parametrize("grade_id,name,mutant,message", MUTANTS,
-                         ids=[f"{m[1]}-{m[2].__name__ if m[2].__name__ != 'f' else i}"
-                              for i, m in enumerate(MUTANTS)])
-def test_wrong_answer_fails_with_a_message_naming_the_mistake(grade_id, name, mutant, message, capsys):
+@pytest.mark.parametrize("answer,index", [(a, i) for a, srcs in ALTERNATIVES.ALTERNATIVES.items()
+                                          for i in range(len(srcs))])
+def test_alternative_answer_passes_its_grade_cells(answer, index, capsys):
+    """Fast direct check; tests/test_alternatives.py grades them through the real grader."""
     torch.set_num_threads(1)
-    with pytest.raises(Exception) as info:
-        run_grade_cell(grade_id, **{name: mutant})
-    if message is not None:
-        assert isinstance(info.value, AssertionError), repr(info.value)
-        assert message in str(info.value), str(info.value)
+    ns = reference_namespace()
+    exec(compile(ALTERNATIVES.ALTERNATIVES[answer][index], f"<{answer} alternative {index}>", "exec"), ns)
+    for grade_id in ANSWER_GRADE_CELLS[answer]:
+        run_grade_cell(grade_id, ns)
+
+
+@pytest.mark.parametrize("answer,source,grade_id,phrase", ALTERNATIVES.WRONG,
+                         ids=[f"{w[0]}-{w[2]}" for w in ALTERNATIVES.WRONG])
+def test_wrong_answer_fails_with_a_message_naming_the_mistake(answer, source, grade_id, phrase):
+    torch.set_num_threads(1)
+    ns = reference_namespace()
+    exec(compile(source, f"<wrong {answer}>", "exec"), ns)
+    with pytest.raises(AssertionError) as info:
+        run_grade_cell(grade_id, ns)
+    assert phrase in str(info.value), str(info.value)
