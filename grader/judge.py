@@ -40,6 +40,11 @@ class BridgeError(RuntimeError):
     """The student's side could not be reached or answered something unreadable."""
 
 
+class CellTimeoutError(BaseException):
+    """The student's code ran past the cell's time limit (a BaseException, so that a test's
+    `except Exception` cannot swallow it)."""
+
+
 # ---------------------------------------------------------------------------- framing
 
 class Channel:
@@ -161,6 +166,16 @@ class _Decoder:
                 if grad is not None and grad.shape == t.shape:
                     t.grad = grad
             return t
+        if kind == "meta":
+            shape, dtype, requires_grad = rest
+            if type(shape) is not list or any(type(d) is not int or d < 0 for d in shape) \
+                    or type(requires_grad) is not bool:
+                raise BridgeError("malformed meta tensor")
+            dtype = getattr(torch, _text(dtype), None)
+            if not isinstance(dtype, torch.dtype):
+                raise BridgeError("unknown dtype")
+            t = torch.empty(shape, dtype=dtype, device="meta")
+            return t.requires_grad_(True) if requires_grad and t.is_floating_point() else t
         if kind == "ndarray":
             return _tensor(rest[0]).numpy()
         if kind == "packed":
@@ -176,8 +191,9 @@ class _Decoder:
                 raise BridgeError("malformed argument reference")
             return self.args[index]
         if kind == "handle":
-            handle, class_handle, info, is_callable = rest
-            return self.bridge.proxy(_int(handle), _int(class_handle), info, is_callable is True)
+            handle, class_handle, info, is_callable, name = rest
+            return self.bridge.proxy(_int(handle), _int(class_handle), info, is_callable is True,
+                                     _text(name)[:200])
         if kind == "class":
             handle, info = rest
             return self.bridge.student_class(_int(handle), info)
@@ -358,8 +374,8 @@ class Bridge:
                 self.streams.write_stream(name, text)
         status = header.get("status")
         if status == "timeout":
-            raise TimeoutError(header.get("message") or
-                               "the student's code ran too long and was stopped")
+            raise CellTimeoutError(header.get("message") or
+                                   "the student's code ran too long and was stopped")
         if status != "ok":
             raise BridgeError(header.get("message") or "the student's kernel did not answer")
         kind, payload, extra = read_reply(blob)
@@ -377,11 +393,11 @@ class Bridge:
         return payload, extra
 
     # -- proxies
-    def proxy(self, handle, class_handle, info, is_callable):
+    def proxy(self, handle, class_handle, info, is_callable, name=""):
         if handle not in self.proxies:
             cls = self.student_class(class_handle, info)
-            label = f"{type.__getattribute__(cls, '__name__')} object" if not is_callable \
-                else f"function {type.__getattribute__(cls, '__name__')}"
+            label = name if is_callable and name else \
+                f"{type.__getattribute__(cls, '__name__')} object"
             self.proxies[handle] = RemoteObject(self, handle, cls, label)
         return self.proxies[handle]
 
@@ -457,7 +473,12 @@ class Bridge:
             for mode in _active_guards():
                 mode.used.update(names)
         if kind == "raise":
-            raise _student_exception(payload)
+            exc = _student_exception(payload)
+            if not str(exc):
+                label = self._label(handle, method)
+                exc.args = (f"raised by {label}" + (" (not written yet?)" if isinstance(
+                    exc, NotImplementedError) else ""),)
+            raise exc
         with torch._C.DisableTorchFunction():
             self._apply_changes(enc.originals, extra.get("changes"))
             rng = extra.get("rng")
@@ -468,6 +489,14 @@ class Bridge:
                     pass
             slot_values = self._differentiable(payload, extra.get("call"), enc.inputs)
             return _Decoder(self, [o for o, _ in enc.originals], slot_values)(payload)
+
+    def _label(self, handle, method):
+        proxy = self.proxies.get(handle)
+        cls = self.classes.get(handle)
+        name = (type.__getattribute__(cls, "__name__") if cls is not None
+                else (object.__getattribute__(proxy, "_grader_label") if proxy is not None
+                      else "the student's code"))
+        return f"{name}.{method}" if method else name
 
     def _differentiable(self, payload, call_id, inputs):
         """{slot: judge tensor} for the outputs that carry a remote graph."""
@@ -629,6 +658,10 @@ class _Encoder:
             return ("handle", object.__getattribute__(value, "_grader_handle"))
         if isinstance(value, type) and isinstance(value, _StudentClassMeta):
             return ("handle", type.__getattribute__(value, "_grader_handle"))
+        if isinstance(value, torch.Tensor) and value.device.type == "meta":
+            self.originals.append((value, "meta"))
+            return ("meta", list(value.shape), str(value.dtype).replace("torch.", ""),
+                    bool(value.requires_grad))
         if isinstance(value, torch.Tensor):
             slot = None
             if value.requires_grad:
@@ -848,7 +881,7 @@ def _message(exc):
         text = str(exc)
     except Exception:  # noqa: BLE001
         text = ""
-    if not text:
+    if not text and isinstance(exc, AssertionError):
         # A bare assert: say where, without quoting the test's code.
         tb = traceback.extract_tb(exc.__traceback__)
         lines = [f.lineno for f in tb if f.filename == "<test cell>"]

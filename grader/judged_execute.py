@@ -388,6 +388,12 @@ class JudgedExecute(Execute):
 
     # ------------------------------------------------------------------ the kernel client
 
+    async def async_start_new_kernel(self, **kwargs):
+        # The kernel's own log (e.g. ipykernel's transport notice) is nobody's business: cell
+        # output, errors included, comes back through the notebook protocol.
+        kwargs.setdefault("stderr", subprocess.DEVNULL)
+        return await super().async_start_new_kernel(**kwargs)
+
     async def async_start_new_kernel_client(self):
         # Sockets made from here on drop any message over the cap before Python reads it.
         import zmq

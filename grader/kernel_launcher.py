@@ -248,6 +248,8 @@ def bwrap_command(cmd, *, runtime=None, show=(), network=False, as_root=False, c
 
 # ------------------------------------------------------------------ inside the sandbox
 
+ENV_KEEP = {"PATH", "HOME", "LANG", "TERM", "TZ", "COURSE_DATA", "NBGRADER_EXECUTION",
+            "NBGRADER_VALIDATING", "MPLBACKEND", "CUDA_VISIBLE_DEVICES", "IPYTHONDIR", "MPLCONFIGDIR", "XDG_CACHE_HOME", "TMPDIR"}
 HOME_DIRS = {"IPYTHONDIR": ".ipython", "MPLCONFIGDIR": ".mpl", "XDG_CACHE_HOME": ".cache",
              "TMPDIR": "tmp"}
 
@@ -271,6 +273,15 @@ def apply_rlimits(report):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ValueError, OSError):
         pass
+    nproc = _int("GRADER_NPROC")
+    if nproc > 0:
+        # Counted per user across the machine: set outside the sandbox to what this user already
+        # runs plus GRADER_MAX_TASKS (the pids cgroup, where there is one, is the real bound).
+        try:
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+            report["tasks"] = f"on ({_int('GRADER_MAX_TASKS')} more processes or threads)"
+        except (ValueError, OSError) as exc:
+            report["tasks"] = f"unavailable: {exc}"
 
 
 def drop_privileges(uid):
@@ -303,9 +314,12 @@ def inside(cmd):
         path = os.path.join(home, sub)
         os.makedirs(path, exist_ok=True)
         os.environ[var] = path
-    os.environ.setdefault("USER", "student")
-    os.environ["LOGNAME"] = os.environ["USER"]
     quiet = setting("GRADER_QUIET") == "1"
+    # Only what Python, torch and the notebooks need: nothing of the grader's own paths.
+    keep = {k: v for k, v in os.environ.items()
+            if k in ENV_KEEP or k.startswith(("LC_", "JPY_", "PYTHON", "OMP_", "MKL_"))}
+    os.environ.clear()
+    os.environ.update(keep, USER="student", LOGNAME="student")
     if quiet:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
@@ -348,6 +362,8 @@ def start(cmd, kind, runtime=None, conn=None):
                         _int("GRADER_MAX_TASKS")) if as_root else []
     quiet = kind == "kernel" and setting("GRADER_DEBUG") != "1"
     env = dict(os.environ, GRADER_QUIET="1" if quiet else "0", GRADER_UID=str(uid))
+    if _int("GRADER_MAX_TASKS"):
+        env["GRADER_NPROC"] = str(tasks_of(uid if as_root else os.getuid()) + _int("GRADER_MAX_TASKS"))
     if BWRAP:
         full = bwrap_command(cmd, runtime=runtime, show=show, network=network, as_root=as_root)
     else:
@@ -373,6 +389,22 @@ def start(cmd, kind, runtime=None, conn=None):
         return child.wait()
     finally:
         remove_cgroups(made)
+
+
+def tasks_of(uid):
+    """Processes plus threads that `uid` has now (what RLIMIT_NPROC compares with)."""
+    count = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                count += int(fields.get("Threads", "1"))
+        except (OSError, KeyError, ValueError):
+            continue
+    return count
 
 
 def probe():

@@ -31,6 +31,9 @@ class SandboxKernelManager(AsyncKernelManager):
             parent = jupyter_runtime_dir()
             os.makedirs(parent, exist_ok=True)
             self._sandbox_dir = tempfile.mkdtemp(prefix="kernel-", dir=parent)
+            # The one host folder a kernel may write: as root, a tiny tmpfs of its own, so that
+            # it cannot fill the disk or its inodes (it needs room for a few sockets only).
+            self._sandbox_mounted = _mount_tmpfs(self._sandbox_dir, "size=1m,nr_inodes=64,mode=0700")
             self.connection_file = os.path.join(self._sandbox_dir, "connection.json")
             self.ip = os.path.join(self._sandbox_dir, "ipc")
         return super().write_connection_file(**kwargs)
@@ -49,8 +52,24 @@ class SandboxKernelManager(AsyncKernelManager):
         folder = getattr(self, "_sandbox_dir", None)
         if folder and not restart:
             import shutil
+            if getattr(self, "_sandbox_mounted", False):
+                _unmount(folder)
             shutil.rmtree(folder, ignore_errors=True)
             self._sandbox_dir = None
+
+
+def _mount_tmpfs(path, options):
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.mount(b"tmpfs", path.encode(), b"tmpfs", 0, options.encode()) == 0
+
+
+def _unmount(path):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.umount2(path.encode(), 2)   # MNT_DETACH: even if something still holds it
 
 
 from nbgrader import utils as _nbutils  # noqa: E402

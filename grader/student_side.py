@@ -101,7 +101,9 @@ def install(token):
         if isinstance(value, type):
             return ("class", new_handle(value), class_info(value))
         cls = type(value)
-        return ("handle", new_handle(value), new_handle(cls), class_info(cls), callable(value))
+        name = getattr(value, "__name__", None)
+        return ("handle", new_handle(value), new_handle(cls), class_info(cls), callable(value),
+                name[:200] if isinstance(name, str) else "")
 
     def plain(t):
         """A detached, contiguous CPU copy of a tensor, of class torch.Tensor."""
@@ -111,6 +113,9 @@ def install(token):
         return t.to("cpu").clone().contiguous()
 
     def encode_tensor(t):
+        if t.device.type == "meta":
+            return ("meta", [int(n) for n in t.shape], str(t.dtype).replace("torch.", ""),
+                    bool(t.requires_grad))
         slot = None
         if t.requires_grad and t.grad_fn is not None and current_call is not None:
             current_call["outputs"].append(t)
@@ -126,6 +131,12 @@ def install(token):
         kind = value[0]
         if kind == "value":
             return value[1]
+        if kind == "meta":
+            _, shape, dtype, requires_grad = value
+            t = torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+            t = t.requires_grad_(True) if requires_grad else t
+            originals.append((t, None, None))
+            return t
         if kind == "tensor":
             _, t, requires_grad, grad, slot, device = value
             t = t.to(device)
@@ -168,7 +179,9 @@ def install(token):
         """What the call changed in the judge's arguments: [(index, new state) or None]."""
         out = []
         for obj, before, grads in originals:
-            if isinstance(obj, torch.Tensor):
+            if isinstance(obj, torch.Tensor) and before is None:
+                out.append(("none",))           # a meta tensor: nothing to copy back
+            elif isinstance(obj, torch.Tensor):
                 data = None if torch.equal(obj.detach(), before) and obj.shape == before.shape \
                     else plain(obj)
                 grad = obj.grad if obj.is_leaf else None

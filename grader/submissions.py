@@ -103,20 +103,27 @@ def _order_key(path):
     return (mtime, int(m.group(1)) if m else 0, path.name)
 
 
+def _notebook_of(f, assignments):
+    """The notebook a file is named after: its exact name, else the one notebook whose name
+    (punctuation and case ignored) it contains; None when neither says."""
+    for a in assignments:
+        if f.name == f"{a}.ipynb":
+            return a
+    hits = [a for a in assignments if normalize(a) in normalize(f.stem)]
+    return max(hits, key=len) if hits else None
+
+
 def match_files(files, assignments, source_ids):
-    """({assignment: path}, {assignment: note}, {assignment: (status, detail)}, unmatched)."""
+    """({assignment: path}, {assignment: note}, {assignment: (status, detail)}, unmatched).
+    Of several files for one notebook, the newest is graded; the note names the others."""
     notebooks = [f for f in files if f.suffix.lower() == ".ipynb"]
     candidates = {a: [] for a in assignments}
     used = set()
-    rules = [lambda a, f: f.name == f"{a}.ipynb",
-             lambda a, f: normalize(a) in normalize(f.stem)]
-    for rule in rules:
-        for a in assignments:
-            if candidates[a]:
-                continue
-            hits = [f for f in notebooks if f not in used and rule(a, f)]
-            candidates[a] = hits
-            used.update(hits)
+    for f in notebooks:
+        a = _notebook_of(f, assignments)
+        if a is not None:
+            candidates[a].append(f)
+            used.add(f)
     for f in [f for f in notebooks if f not in used]:
         ids = grade_ids(f)
         owners = [a for a in assignments if not candidates[a]
