@@ -9,6 +9,7 @@ COMMANDS = {
     "check": ("grader.selfcheck", "run a notebook's visible tests and print a per-exercise score"),
     "grade": ("grader.grade", "autograde a folder of submissions with nbgrader"),
     "bench": ("grader.bench", "run the course's benchmarks"),
+    "gpu-check": ("grader.gpu_check", "on a CUDA GPU: run notebooks 07 and 06 and the GPU benchmarks, write OUT/gpu.json"),
 }
 
 

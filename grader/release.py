@@ -2,7 +2,8 @@
 
 Each solutions notebook is its own nbgrader assignment. nbgrader's generate_assignment strips
 solutions and hidden tests and clears outputs; this step then stamps the "Open in Colab" badge
-(built from course.toml, the one place the repository address lives) and writes notebooks/.
+(built from course.toml, the one place the repository address lives), fills the cells tagged
+`gpu-figures` from measurements/gpu.json (grader.gpu_figures) and writes notebooks/.
 """
 import shutil
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import paths
+from . import gpu_figures, paths
 
 BADGE_TAG = "colab-badge"
 
@@ -45,9 +46,10 @@ def generate_one(name, course_root):
 
 
 def finish(name, nb):
-    """Stamp the badge and normalise: no outputs, no execution counts, stable metadata."""
+    """Stamp the badge and the GPU figures; normalise: no outputs, no execution counts, stable metadata."""
     nb.cells = [c for c in nb.cells if BADGE_TAG not in c.metadata.get("tags", [])]
     nb.cells.insert(0, badge_cell(name))
+    gpu_figures.stamp(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs = []
