@@ -3,7 +3,9 @@
 Per-notebook behaviour (reference code against PyTorch, wrong answers scoring less) lives in
 tests/test_nbNN_*.py.
 """
+import ast
 import re
+
 import nbformat
 import pytest
 
@@ -65,6 +67,62 @@ def test_notebook_shape(name):
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, \
                 f"{name}: outputs must be stripped in solutions/"
+
+
+def _visible_part(source):
+    return source.split("### BEGIN HIDDEN TESTS")[0]
+
+
+def _grade_cells(nb):
+    return [c for c in nb.cells if nbgrader_meta(c).get("grade") and c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grade_cells_say_what_they_check_and_end_in_a_statement(name):
+    """Each grade cell opens with a one-line docstring, prints one success line in its visible
+    part, and ends in a statement (nbgrader would read a displayed number as a partial score),
+    in the solution and in the student copy."""
+    for path in (paths.solution_path(name), paths.student_path(name)):
+        for cell in _grade_cells(read(path)):
+            gid = nbgrader_meta(cell)["grade_id"]
+            tree = ast.parse(cell.source)
+            first = tree.body[0] if tree.body else None
+            assert isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) \
+                and isinstance(first.value.value, str), f"{name} {gid}: no docstring first"
+            doc = first.value.value.strip()
+            assert doc and "\n" not in doc, f"{name} {gid}: the docstring must be one line"
+            last = tree.body[-1]
+            displays = isinstance(last, ast.Expr) and not (
+                isinstance(last.value, ast.Call) and getattr(last.value.func, "id", "") == "print")
+            assert not displays, f"{name} {gid}: ends in an expression nbgrader would display"
+            visible = _visible_part(cell.source)
+            prints = [n for n in ast.walk(ast.parse(visible)) if isinstance(n, ast.Call)
+                      and getattr(n.func, "id", "") == "print"]
+            assert len(prints) == 1, f"{name} {gid}: the visible tests print one success line"
+            assert "all tests passed" not in visible.lower(), f"{name} {gid}: hidden tests run later"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_exercise_has_hints_and_collapsed_tests(name):
+    nb = read(paths.student_path(name))
+    current, hinted = None, {}
+    for cell in nb.cells:
+        meta = nbgrader_meta(cell)
+        if meta.get("solution") and cell.cell_type == "code":
+            current = meta["grade_id"]
+            hinted[current] = False
+        elif "hints" in cell.metadata.get("tags", []) and current is not None:
+            steps = cell.source.count("<details>")
+            assert 2 <= steps <= 3, f"{name}: hints for {current} have {steps} steps"
+            hinted[current] = True
+    missing = [k for k, v in hinted.items() if not v]
+    assert not missing, f"{name}: no hints cell after {missing}"
+    helpers = [c for c in nb.cells if "test-helpers" in c.metadata.get("tags", [])]
+    assert len(helpers) == 1, f"{name}: one test-helpers cell"
+    for cell in _grade_cells(nb) + helpers:
+        assert cell.metadata.get("jupyter", {}).get("source_hidden") is True \
+            and cell.metadata.get("cellView") == "form", \
+            f"{name} {nbgrader_meta(cell).get('grade_id')}: not collapsed in JupyterLab and Colab"
 
 
 def test_release_is_in_sync():
@@ -144,12 +202,19 @@ def graded(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_nbgrader_round_trip(name, graded):
+    """Plain nbgrader (an instructor's own course): the solution gets full marks; the untouched
+    student copy scores 0 and, run top to bottom, raises errors in grade cells only (a stuck
+    student still sees every demonstration)."""
     course = graded(name)
     score, max_score = course.total(name, "solution")
     assert max_score > 0 and score == max_score, course.scores(name, "solution")
     assert errors_in(read(course.autograded_notebook("solution", name))) == []
     score, _ = course.total(name, "untouched")
     assert score == 0, course.scores(name, "untouched")
+    untouched = read(course.autograded_notebook("untouched", name))
+    outside = [e for c in untouched.cells if not nbgrader_meta(c).get("grade")
+               for e in errors_in(nbformat.v4.new_notebook(cells=[c]))]
+    assert not outside, f"{name}: errors outside grade cells in the untouched copy: {outside}"
 
 
 def validate(notebooks, course_root, invert=False):

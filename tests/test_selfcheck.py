@@ -66,3 +66,32 @@ def test_check_scores_solution_full_and_student_copy_zero(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"Total: 0/{total:g}" in proc.stdout and "NotImplementedError" in proc.stdout
     assert proc.stderr.strip() == "", proc.stderr
+
+
+@pytest.mark.slow
+def test_check_scores_like_nbgrader_and_hidden_shows_messages_only(tmp_path):
+    """A test cell whose student code writes to stderr fails with that reason (nbgrader scores it
+    0); --hidden runs the hidden tests and prints their messages, never their code."""
+    nb = nbformat.read(paths.solution_path(A), as_version=4)
+    first = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
+    name = next(n for n in selfcheck_functions(first.source))
+    first.source += (f"\n_orig_{name} = {name}\n"
+                     f"def {name}(*a, **k):\n    import sys\n    print('careful!', file=sys.stderr)\n"
+                     f"    return _orig_{name}(*a, **k)\n")
+    path = tmp_path / f"{A}.ipynb"
+    nbformat.write(nb, path)
+    proc = _cli(str(path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "wrote to stderr" in proc.stdout and "careful!" in proc.stdout
+    proc = _cli(str(paths.solution_path(A)), "--hidden")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    hidden = [line.strip() for c in nb.cells for line in
+              c.source.split("### BEGIN HIDDEN TESTS")[-1].split("### END HIDDEN TESTS")[0].splitlines()
+              if "### BEGIN HIDDEN TESTS" in c.source and len(line.strip()) > 30]
+    assert hidden and not any(line in proc.stdout for line in hidden)
+    assert "visible and hidden" in proc.stdout
+
+
+def selfcheck_functions(source):
+    import ast
+    return [n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)]
