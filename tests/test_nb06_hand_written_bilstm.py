@@ -91,7 +91,7 @@ def test_no_typed_in_gpu_figure(nb):
             assert not re.search(r"\d+(\.\d+)?\s*(ms|×|x)\b", c.source), c.source[:200]
             assert "H100" not in c.source and "4.4 ms" not in c.source
     stamped = [c for c in nb.cells if "gpu-figures" in c.metadata.get("tags", [])]
-    assert len(stamped) == 3 and all("<!-- no gpu figures -->" in c.source for c in stamped)
+    assert len(stamped) == 4 and all("<!-- no gpu figures -->" in c.source for c in stamped)
 
 
 def test_gpu_figure_templates_name_the_benchmark_keys(nb):
@@ -100,7 +100,8 @@ def test_gpu_figure_templates_name_the_benchmark_keys(nb):
     for c in nb.cells:
         if "gpu-figures" in c.metadata.get("tags", []):
             keys |= set(re.findall(r"\{bench\[handlstm-gpu\]\[(\w+)\]", c.source))
-    produced = {f"{m}_{f}" for m in ("plain", "fused", "graphed", "compiled") for f in ("ms", "ratio")}
+    produced = {f"{m}_{f}" for m in ("plain", "plain_graphed", "fused", "graphed", "compiled")
+                for f in ("ms", "ratio")}
     produced |= {"nnlstm_ms", "nnlstm_busy_ms", "nnlstm_kernels", "fused_busy_ms", "fused_kernels",
                  "fused_gap_ms", "launch_overhead_ms", "arithmetic_gap_ms"}
     assert keys and keys <= produced, keys - produced
@@ -287,6 +288,91 @@ def test_compiled_gate_math_matches_nn_lstm(ns):
     want = [t.clone() for t in handlstm._fwd_bwd(ref, x)]
     got = handlstm._fwd_bwd(model, x)
     assert max((a - b).abs().max().item() for a, b in zip(got, want)) < 1e-8
+
+
+# ------------------------------------------------------------------ the GPU code paths, on a fake GPU
+# There is no GPU here: these run the notebook's and the benchmark's CUDA branches on the CPU, with
+# torch.cuda's calls made harmless, graph_lstm an identity and torch.compile on the aot_eager
+# backend. They catch what a CPU run never executes (names, shapes, bookkeeping, the figures'
+# keys); the kernels themselves, the capture and the timings need the GPU check.
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "fake GPU (the CPU)")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "aot_eager"}))
+
+
+def _fake_graph(model, sample_input):
+    assert isinstance(sample_input, torch.Tensor) and sample_input.requires_grad
+    return model
+
+
+GPU_CELLS = ["profile-nn-lstm", "check-fused-lstm", "graph-demo", "compile-demo", "gpu-breakdown", "timing-figure"]
+SMALLER = {"T, B, I, H, L = 28, 256, 28, 128, 2": "T, B, I, H, L = 3, 4, 5, 6, 2",
+           "seq_lengths = [4, 8, 16, 32]": "seq_lengths = [2, 3]",
+           "nn.LSTM(28, 128, 2, bidirectional=True)": "nn.LSTM(28, 16, 2, bidirectional=True)",
+           "FusedLSTM(28, 128, 2, bidirectional=True)": "FusedLSTM(28, 16, 2, bidirectional=True)",
+           'DEVICE.type == "cuda"': "True", 'device.type == "cuda"': "True"}
+
+
+@pytest.mark.slow
+def test_notebook_gpu_cells_run_on_a_fake_gpu(nb, fake_gpu, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    monkeypatch.setattr(plt, "show", lambda *a, **k: plt.close("all"))
+    g = {"__name__": "__main__"}
+    sources = {}
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        meta, tags = _meta(c), c.metadata.get("tags", [])
+        sources[meta["grade_id"]] = c.source
+        if "setup" in tags or "support" in tags or (meta.get("solution") and not meta.get("grade")):
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(c.source, meta["grade_id"], "exec"), g)
+    g["graph_lstm"] = _fake_graph
+    used = set()
+    out = io.StringIO()
+    for gid in GPU_CELLS:
+        src = sources[gid]
+        for old, new in SMALLER.items():
+            if old in src:
+                used.add(old)
+                src = src.replace(old, new)
+        with contextlib.redirect_stdout(out), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exec(compile(src, gid, "exec"), g)
+    assert used == set(SMALLER), set(SMALLER) - used
+    text = out.getvalue()
+    for line in ("FusedLSTM in CUDA graphs vs nn.LSTM (cuDNN), float64", "FusedLSTM with the compiled gate math",
+                 "GPU busy ms", "FusedLSTM + compile + graph"):
+        assert line in text, (line, text[-2000:])
+    assert "did not work" not in text, text
+    diffs = [float(d) for d in re.findall(r"largest difference(?: in values and gradients)? (\S+)", text)]
+    assert len(diffs) >= 2 and max(diffs) < 1e-5, text
+
+
+def test_benchmark_gpu_code_runs_on_a_fake_gpu(ns, fake_gpu, monkeypatch):
+    from grader.benchmarks import handlstm
+    fake = dict(ns, graph_lstm=_fake_graph)
+    monkeypatch.setattr(handlstm, "load_models", lambda: fake)
+    small = dict(seq_len=3, batch=2, input_size=2, hidden_size=3, num_layers=2, rounds=2, warmup=1)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig = handlstm.measure("cpu", **small, keys=["plain", "plain_graphed", "backward", "fused", "graphed"],
+                               profile=True)
+        compiled = handlstm.measure("cpu", **small, keys=["compiled"], profile=False)
+        f64 = handlstm.graphed_f64_check(fake, torch.device("cpu"))
+    assert not any(k.endswith("_error") for k in fig), fig
+    for key in ("nnlstm_ms", "plain_ms", "plain_ratio", "plain_graphed_ms", "plain_graphed_ratio", "fused_ms",
+                "fused_ratio", "graphed_ms", "graphed_ratio", "nnlstm_busy_ms", "nnlstm_kernels", "fused_busy_ms",
+                "fused_kernels", "fused_gap_ms", "launch_overhead_ms", "arithmetic_gap_ms"):
+        assert key in fig, key
+    assert fig["max_rel_diff"] < 1e-5
+    assert compiled["compiled_ms"] > 0 and compiled["compiled_max_rel_diff"] < 1e-5, compiled
+    assert f64 <= 1e-8
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
