@@ -441,8 +441,12 @@ class Bridge:
         found = {}
         decode = _Decoder(self)
         for name, value in payload[1].items():
-            if type(name) is str and name in names:
-                found[name] = decode(value)
+            if type(name) is not str or name not in names:
+                continue
+            if (type(value) is tuple and value[:1] == ("handle",) and len(value) > 3
+                    and type(value[3]) is dict and value[3].get("mro", [None])[:1] == ["builtins.module"]):
+                continue    # a module the student imported: tests use the judge's own imports
+            found[name] = decode(value)
         return found
 
     def getattr(self, handle, name):
