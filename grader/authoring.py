@@ -3,7 +3,7 @@
 solutions/*.ipynb are the source of truth; these helpers only save typing when a notebook is
 written or edited from a script:
 
-    from grader.authoring import md, setup, helpers, code, solution, hints, tests, write
+    from grader.authoring import md, setup, helpers, code, solution, hints, tests, scratch, write
     write("06_hand_written_bilstm", [md("# Title ..."), setup("import torch ..."), ...])
 """
 import re
@@ -91,20 +91,33 @@ def tests(source, grade_id, points):
     return cell
 
 
+def scratch(source="", cell_id=None):
+    """A cell for the student's own experiments: no nbgrader metadata at all (an unlocked cell
+    that nbgrader does not know would make autograde fail with a KeyError)."""
+    cell = nbformat.v4.new_code_cell(source.strip("\n"))
+    if cell_id:
+        cell.id = cell_id
+    return cell
+
+
 def write(name, cells):
     """Write solutions/<name>.ipynb with stripped outputs and unique cell ids."""
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": KERNELSPEC,
                    "language_info": {"name": "python", "version": "3.11"}}
     seen = set()
-    for cell in cells:
-        gid = cell.metadata["nbgrader"]["grade_id"]
-        base, n = gid, 1
+    for k, cell in enumerate(cells):
+        if "nbgrader" not in cell.metadata:           # a scratch cell
+            base = cell.get("id") or f"scratch-{k}"
+        else:
+            base = cell.metadata["nbgrader"]["grade_id"]
+        gid, n = base, 1
         while gid in seen:
             n += 1
             gid = f"{base}-{n}"
         seen.add(gid)
-        cell.metadata["nbgrader"]["grade_id"] = gid
+        if "nbgrader" in cell.metadata:
+            cell.metadata["nbgrader"]["grade_id"] = gid
         cell.id = gid[:64]
     nb.cells = cells
     nbformat.validate(nb)
