@@ -190,7 +190,7 @@ def test_fixed_seeds_repeat_a_cpu_run_exactly(ns, mnist):
 def test_recipes_live_in_the_setup_cell(ns):
     full, fast = ns["RECIPES"]["FULL"], ns["RECIPES"]["FAST"]
     assert full["target"] == 0.99 and full["test_size"] == 10000 and full["train_size"] == 60000
-    assert full["model"] == dict(rnn="lstm", hidden_size=128, num_layers=2, bidirectional=True)
+    assert full["model"] == dict(rnn="lstm", hidden_size=128, num_layers=2, bidirectional=True, dropout=0.2)
     assert fast["target"] == 0.95
     from grader.benchmarks import mnist as mnist_bench
     assert mnist_bench.full_recipe(ns) is full
