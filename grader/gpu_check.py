@@ -5,7 +5,7 @@ On a machine with one CUDA GPU, from the repository root:
     python3 -m grader gpu-check --out OUT             # the check (at most 450 s; see --budget)
     python3 -m grader.gpu_check --out OUT             # the same, without grader's command table
     python3 -m grader gpu-check --dry-run --out OUT   # any machine, CPU only: the whole pipeline, small
-                                                      # (1-2 minutes on 2 idle CPU cores)
+                                                      # (30 s on 2 idle CPU cores, 2026-12-02)
 
 It runs, each step in its own process, under one overall time limit (--budget, default 450 s):
 
