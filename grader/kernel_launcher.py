@@ -228,16 +228,17 @@ def bwrap_command(cmd, *, runtime=None, show=(), network=False, as_root=False, c
     here = os.path.realpath(__file__)
     binds += [d for d in list(python_dirs()) + [p for p in show if p] if os.path.exists(d)]
     binds.append(here)
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    size = str(TMPFS_MB << 20)
+    for d in ("/tmp", "/dev/shm", HOME):
+        args += ["--perms", "1777", "--size", size, "--tmpfs", d]
+    # Binds come after the private tmpfs mounts, so a course folder under /tmp stays visible;
     # bwrap would make the folders above a bind owner-only: make them traversable first.
     parents = sorted({a for b in binds + [runtime or "/"] for a in _ancestors(b)} - set(binds))
     for d in parents:
         args += ["--perms", "0755", "--dir", d]
     for d in binds:
         args += ["--ro-bind", d, d]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    size = str(TMPFS_MB << 20)
-    for d in ("/tmp", "/dev/shm", HOME):
-        args += ["--perms", "1777", "--size", size, "--tmpfs", d]
     if runtime:
         args += ["--bind", runtime, runtime]
     if as_root:

@@ -274,17 +274,23 @@ def test_the_sandbox_sees_nothing_of_the_machine(tmp_path):
         pytest.skip("bubblewrap is not usable here")
     secret = tmp_path / "other_student" / "01_gate_equations.ipynb"
     _touch(secret, "SECRET")
+    # The course data is shown even when it lies under /tmp, where the sandbox has its own tmpfs.
+    data = tmp_path / "work" / "data" / "MNIST"
+    _touch(data / "t10k-labels-idx1-ubyte", "DATA")
     code = ("import os, json; print(json.dumps({'root': sorted(os.listdir('/')), "
             "'pids': sorted(p for p in os.listdir('/proc') if p.isdigit()), "
             f"'secret': os.path.exists({str(secret)!r}), 'solutions': os.path.exists({str(paths.SOLUTIONS)!r}), "
+            f"'data': open({str(data / 't10k-labels-idx1-ubyte')!r}).read(), "
             "'uid': os.getuid()}))")
     env = _sandbox_env()
     env["GRADER_QUIET"] = "0"
-    cmd = kernel_launcher.bwrap_command([sys.executable, "-c", code], as_root=os.geteuid() == 0)
+    cmd = kernel_launcher.bwrap_command([sys.executable, "-c", code], as_root=os.geteuid() == 0,
+                                        show=[str(tmp_path / "work" / "data")])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not seen["secret"] and not seen["solutions"]
+    assert seen["data"] == "DATA"
     assert set(seen["root"]) <= {"bin", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32",
                                  "proc", "root", "sbin", "tmp", "usr", "work", "opt"} | {
         Path(p).parts[1] for p in kernel_launcher.python_dirs()}
