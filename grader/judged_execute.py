@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from nbclient.util import run_sync
 from nbformat.notebooknode import NotebookNode
 from traitlets import Bool, Integer, List, Unicode
 
@@ -398,7 +399,14 @@ class JudgedExecute(Execute):
         # Sockets made from here on drop any message over the cap before Python reads it.
         import zmq
         self.km.context.setsockopt(zmq.MAXMSGSIZE, int(self.max_message_bytes))
+        # Never reconnect: the kernel owns its socket files and could swap one for a link to
+        # another process's socket once the first connection drops.
+        self.km.context.setsockopt(zmq.RECONNECT_IVL, -1)
         return await super().async_start_new_kernel_client()
+
+    # nbclient binds these sync wrappers to its own coroutines; rebind them to the ones above.
+    start_new_kernel = run_sync(async_start_new_kernel)
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
 
 def _output_size(content):
