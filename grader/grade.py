@@ -70,7 +70,7 @@ def worker_env(opts, slot, cgroups):
     env.update(GRADER_MEMORY_MB=str(opts.memory_mb), GRADER_FILE_MB=str(opts.file_mb),
                GRADER_MAX_TASKS=str(MAX_TASKS), GRADER_NO_NETWORK="0" if opts.network else "1",
                GRADER_UID=str(UID_BASE + 2 * slot), GRADER_JUDGE_UID=str(UID_BASE + 2 * slot + 1),
-               GRADER_CGROUP=json.dumps(cgroups), GRADER_SHOW=str(paths.ROOT),
+               GRADER_CGROUP=json.dumps(cgroups), GRADER_SHOW=str(paths.ROOT / "grader"),
                GRADER_FEEDBACK_HIDDEN="1" if opts.feedback_hidden else "0",
                OMP_NUM_THREADS=str(opts.threads))
     if opts.data:

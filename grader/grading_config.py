@@ -44,5 +44,12 @@ c.JudgedExecute.startup_timeout = 180
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import ClearHiddenTests, GetGrades  # noqa: E402
 
+from grader.feedback_safety import StudentMarkdownAsText  # noqa: E402
+
 if os.environ.get("GRADER_FEEDBACK_HIDDEN") != "1":
-    c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+    c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, StudentMarkdownAsText,
+                                        CSSHTMLHeaderPreprocessor]
+else:
+    c.GenerateFeedback.preprocessors = [GetGrades, StudentMarkdownAsText, CSSHTMLHeaderPreprocessor]
+# No script of a student's runs where the feedback is opened (see grader/feedback_safety.py).
+c.HTMLExporter.sanitize_html = True

@@ -261,7 +261,8 @@ class _StudentClassMeta(type):
               "_backward_cls", "_is_legacy", "__slots__", "__hash__", "__eq__", "__ne__"}
 
     def __getattribute__(cls, name):
-        if name in _StudentClassMeta._LOCAL or name.startswith("_abc_"):
+        if name in _StudentClassMeta._LOCAL or name.startswith("_abc_") or (
+                _is_dunder(name) and name not in _DESCRIPTIVE):
             return type.__getattribute__(cls, name)
         bridge = type.__getattribute__(cls, "_grader_bridge")
         return bridge.getattr(type.__getattribute__(cls, "_grader_handle"), name)
@@ -274,10 +275,22 @@ class _StudentClassMeta(type):
         return f"<student class {type.__getattribute__(cls, '__name__')}>"
 
 
+def _is_dunder(name):
+    return len(name) > 4 and name[:2] == name[-2:] == "__"
+
+
+# Dunder attributes read from the student's side: plain descriptions, never protocol hooks.
+# Any other dunder (`__torch_function__`, `__array__`, ...) is the judge's own, so torch and
+# Python protocols never run the student's code in place of the test's own operation.
+_DESCRIPTIVE = {"__name__", "__qualname__", "__doc__", "__module__", "__defaults__",
+                "__kwdefaults__", "__annotations__", "__signature__"}
+
+
 class RemoteObject:
     """An object that lives in the student's process (an instance, a function, a method)."""
 
     __slots__ = ("_grader_handle", "_grader_class", "_grader_bridge", "_grader_label", "__weakref__")
+    __torch_function__ = None       # set to torch's "no override" below, when torch is loaded
 
     def __init__(self, bridge, handle, cls, label):
         object.__setattr__(self, "_grader_bridge", bridge)
@@ -290,7 +303,7 @@ class RemoteObject:
         return object.__getattribute__(self, "_grader_class")
 
     def __getattr__(self, name):
-        if name.startswith("_grader_"):
+        if name.startswith("_grader_") or (_is_dunder(name) and name not in _DESCRIPTIVE):
             raise AttributeError(name)
         return self._grader_bridge.getattr(self._grader_handle, name)
 
@@ -330,6 +343,20 @@ class RemoteObject:
         return id(self)
 
 
+def _no_torch_function():
+    import torch
+    return torch._C._disabled_torch_function_impl
+
+
+def _safe_base(cls):
+    """A trusted class a stand-in may derive from: a plain class (nn.Module, an exception), or
+    an autograd Function; never a tensor type, whose C code reads the stand-in's attributes."""
+    import torch
+    if issubclass(cls, torch.Tensor) or issubclass(type(cls), torch._C._TensorMeta):
+        return False
+    return type(cls) is type or issubclass(cls, torch.autograd.Function)
+
+
 def _trusted_class(qualified):
     """The judge's own class for a 'module.qualname' string, if it is torch's or a builtin."""
     module, _, qualname = qualified.rpartition(".")
@@ -360,6 +387,8 @@ class Bridge:
         self.proxies = {}          # handle -> RemoteObject
         self.classes = {}          # class handle -> judge class standing in for it
         self.streams = None        # where the student's prints during a call go
+        self.namespace = None      # the judge's globals (for IN_PLACE)
+        RemoteObject.__torch_function__ = _no_torch_function()
 
     # -- transport
     def request(self, req):
@@ -420,16 +449,18 @@ class Bridge:
                 break
         if mro and _trusted_class(_text(mro[0])) is not None:
             base = _trusted_class(mro[0])     # the object's class is torch's own (an nn.LSTM)
+        if base is not None and not _safe_base(base):
+            base = None                       # tensors cross as data, never as stand-ins
         bases = (base,) if base is not None else ()
         meta = _StudentClassMeta
         if base is not None and type(base) is not type:
             meta = type("_StudentClassMeta", (_StudentClassMeta, type(base)), {})
+        body = {"__module__": "student", "_grader_handle": handle, "_grader_bridge": self,
+                "__torch_function__": _no_torch_function()}
         try:
-            cls = meta(name, bases, {"__module__": "student", "_grader_handle": handle,
-                                     "_grader_bridge": self})
+            cls = meta(name, bases, dict(body))
         except TypeError:  # a base that cannot be subclassed
-            cls = _StudentClassMeta(name, (), {"__module__": "student", "_grader_handle": handle,
-                                                "_grader_bridge": self})
+            cls = _StudentClassMeta(name, (), dict(body))
         self.classes[handle] = cls
         return cls
 
@@ -471,6 +502,7 @@ class Bridge:
                    "rng": torch.get_rng_state(), "grad": torch.is_grad_enabled(),
                    "guard": _active_guard_pattern()}
         kind, payload, extra = self.request(req)
+        self._advance_rng(req["rng"])
         used = extra.get("used") or []
         if used:
             names = sorted({_text(u) for u in used if type(u) is str})
@@ -484,15 +516,23 @@ class Bridge:
                     exc, NotImplementedError) else ""),)
             raise exc
         with torch._C.DisableTorchFunction():
-            self._apply_changes(enc.originals, extra.get("changes"))
-            rng = extra.get("rng")
-            if isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8:
-                try:
-                    torch.set_rng_state(_tensor(rng))
-                except (RuntimeError, TypeError):
-                    pass
+            label = self._label(handle, method)
+            if label.rpartition(".")[2] in self._in_place():
+                self._apply_changes(enc.originals, extra.get("changes"))
+            else:
+                self._refuse_changes(label, enc.originals, extra.get("changes"))
             slot_values = self._differentiable(payload, extra.get("call"), enc.inputs)
             return _Decoder(self, [o for o, _ in enc.originals], slot_values)(payload)
+
+    def _advance_rng(self, before):
+        """Move the judge's generator on after a call, as the student's code moved its own, but
+        to a state derived from the judge's alone: a reply never chooses the data a test draws
+        next, and two calls in a row (two new models) still see different random numbers."""
+        import hashlib
+        import torch
+        self.calls = getattr(self, "calls", 0) + 1
+        digest = hashlib.sha256(before.numpy().tobytes() + self.calls.to_bytes(8, "little")).digest()
+        torch.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
     def _label(self, handle, method):
         proxy = self.proxies.get(handle)
@@ -558,6 +598,24 @@ class Bridge:
                                   f"of shape {tuple(target.shape)}")
             out.append(g)
         return out
+
+    def _in_place(self):
+        """Names of the functions whose contract changes their arguments (a test-helpers cell's
+        IN_PLACE): only their changes reach the test's objects."""
+        names = self.namespace.get("_IN_PLACE", ()) if self.namespace is not None else ()
+        return {n for n in names if type(n) is str} if isinstance(names, (set, frozenset, tuple, list)) else set()
+
+    def _refuse_changes(self, label, originals, changes):
+        """Any other call works on copies: its changes stay in the student's process. A tensor
+        argument whose values it changed is a broken contract, said as such."""
+        if type(changes) is not list or len(changes) != len(originals):
+            return
+        import torch
+        for k, ((obj, _), change) in enumerate(zip(originals, changes)):
+            if (isinstance(obj, torch.Tensor) and type(change) is tuple and len(change) == 3
+                    and change[0] == "tensor" and change[1] is not None):
+                raise AssertionError(f"{label} changed a tensor it was given in place: build new "
+                                     f"tensors instead (no add_, mul_, +=, [...] = on an argument)")
 
     def _apply_changes(self, originals, changes):
         """Copy back what the call changed in the test's own arguments."""
@@ -820,6 +878,7 @@ class Judge:
         self.channel = channel
         self.bridge = Bridge(channel)
         self.ns = {"__name__": "__main__", "__builtins__": builtins}
+        self.bridge.namespace = self.ns
         self.trusted_reads = set()
         self.student_names = set()
         self.failed_setup = None

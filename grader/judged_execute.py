@@ -368,9 +368,43 @@ class JudgedExecute(Execute):
 
     # ------------------------------------------------------------------ output limits
 
+    def _hidden_output(self, outs, msg, display_id, cell_index):
+        """During a bridge request keep only the reply, errors and the student's prints up to
+        max_cell_chars per request: nothing else the kernel sends is stored."""
+        content = msg.get("content", {})
+        kind = msg.get("msg_type")
+        if kind == "display_data" and student_side.REPLY_MIME in content.get("data", {}):
+            return super().output(outs, msg, None, cell_index)
+        if kind == "error":
+            out = super().output(outs, msg, None, cell_index)
+            if out is not None:
+                _truncate(out, self.max_output_chars)
+            return out
+        if kind != "stream" or not isinstance(content.get("text"), str):
+            return None
+        used = sum(len(o.get("text", "")) for o in outs if o.get("output_type") == "stream")
+        room = self.max_cell_chars - used
+        if room <= 0:
+            return None
+        text = content["text"]
+        if len(text) > room:
+            text = text[:room] + "\n... more output was cut by the grader ...\n"
+        out = NotebookNode(output_type="stream", name=content.get("name", "stdout"), text=text)
+        outs.append(out)
+        return out
+
+    def _update_display_id(self, display_id, msg):
+        # Display updates would rewrite earlier outputs past every size check: outputs stay as
+        # they were first shown.
+        return None
+
+    def handle_comm_msg(self, outs, msg, cell_index):
+        # Widget state is neither graded nor shown in feedback: never stored.
+        return None
+
     def output(self, outs, msg, display_id, cell_index):
         if getattr(self, "_hidden_cell", False):
-            return super().output(outs, msg, display_id, cell_index)
+            return self._hidden_output(outs, msg, display_id, cell_index)
         size = _output_size(msg.get("content", {}))
         used = self._cell_chars.get(cell_index, 0)
         if (len(outs) >= self.max_cell_outputs or used + size > self.max_cell_chars

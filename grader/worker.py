@@ -15,7 +15,9 @@ sandboxed kernels that nbgrader starts (grader/grading_config.py), and nothing t
 write is ever read or followed by this process: they see none of this folder.
 """
 import json
+import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -40,11 +42,16 @@ def nbgrader_error(text):
 
 
 def inspect_autograded(path):
-    """(timed-out cells, judge problems) from an autograded notebook."""
+    """(timed-out grade cells, judge problems) from an autograded notebook. Only grade cells
+    count: their outputs are written by the grader alone, while a student's own cell can raise
+    an exception of any name."""
     timeouts, judge = [], []
     nb = json.loads(path.read_text())
     for cell in nb.get("cells", []):
-        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "?")
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if not meta.get("grade") or cell.get("cell_type") != "code":
+            continue
+        gid = meta.get("grade_id", "?")
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 if out.get("ename") == "CellTimeoutError":
@@ -128,7 +135,19 @@ def _feedback(course, which, limit):
         return subprocess.CompletedProcess([], -9, "", f"TimeoutError: feedback took over {limit} s")
 
 
+def bound_memory():
+    """Cap this worker and the nbgrader processes it starts (they run as root, outside every
+    sandbox): whatever a kernel sends that slips past the output caps costs this student's row,
+    never the machine. Sandboxes below set their own, lower limit."""
+    mb = max(4096, int(os.environ.get("GRADER_MEMORY_MB") or 0) + 1024)
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (mb << 20, mb << 20))
+    except (ValueError, OSError):
+        pass
+
+
 def main(argv):
+    bound_memory()
     spec = json.loads(Path(argv[1]).read_text())
     result = grade(spec)
     Path(argv[2]).write_text(json.dumps(result))

@@ -74,6 +74,74 @@ def _sol_source(cell):
 
 # ------------------------------------------------------------------ the attacks
 
+# A student object that claims torch.Tensor as a base and answers torch's comparisons itself
+# (red team, F1): no LSTM or GRU step is written anywhere.
+FORGE = r"""
+import sys, types, torch
+class _Yes:
+    def __call__(self, func, types=(), args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("isfinite", "isnan", "isclose", "eq", "ne", "ge", "le", "lt", "gt"):
+            return torch.tensor(True)
+        return True
+class _ClaimsTensor(type):
+    @property
+    def __mro__(cls):
+        return (cls, torch.Tensor, object)
+class _Plain:
+    def __init__(self):
+        self.__torch_function__ = _Yes()
+class _Fake(metaclass=_ClaimsTensor):
+    __torch_dispatch__ = None
+    __torch_function__ = None
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = torch.Size(shape), dtype
+        self.__torch_function__ = _Yes()
+    def detach(self):
+        return _Plain()
+    def is_floating_point(self):
+        return self.dtype.is_floating_point
+def lstm_gate_chunks(t):
+    n = t.shape[0] // 4
+    return tuple(_Fake((n,) + tuple(t.shape[1:]), t.dtype) for _ in range(4))
+def lstm_cell_step(x, h, c, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    return _Fake(h.shape, h.dtype), _Fake(h.shape, h.dtype)
+def gru_cell_step(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    return _Fake(h.shape, h.dtype)
+"""
+
+
+def _forged():
+    nb = _stu()
+    for cell in _answers(nb):
+        if "latch" not in cell.metadata["nbgrader"]["grade_id"]:
+            cell.source = FORGE
+    return nb
+
+
+# A class whose fake base made the judge's C code read through the bridge (red team, F7).
+SEGV = """
+import torch
+class _ClaimsTensor(type):
+    @property
+    def __mro__(cls):
+        return (cls, torch.Tensor, object)
+class lstm_gate_chunks(metaclass=_ClaimsTensor):
+    pass
+"""
+
+def _segv():
+    nb = _stu()
+    for cell in _answers(nb):
+        if cell.metadata["nbgrader"]["grade_id"] == "lstm_gate_chunks":
+            cell.source = SEGV
+    return nb
+
+
+# Exceptions named like the grader's own, raised in the student's own cells (red team, F10).
+SPOOF = ["class CellTimeoutError(Exception): pass\nraise CellTimeoutError('not really')",
+         "class GradingError(Exception): pass\nraise GradingError('not really')"]
+
+
 PATCH_EVERYTHING = corpus.CHEAT
 
 ATTACKS_ZERO = {
@@ -174,16 +242,30 @@ __builtins__ = {"print": print, "__import__": __import__}
 """, 4),
 }
 
-SNOOP = r'''
-import os, sys, glob, json
+# Both walk the whole file system the sandbox shows, within a time budget (a loaded machine must
+# not turn the walk itself into a timeout), skipping only /proc, /sys, /dev, the system folders
+# and Python's own, read-only copies of the host's that hold no student's files.
+WALK = r'''
+import os, sys, time
+def _walk(match, budget=25):
+    stop, found = time.monotonic() + budget, []
+    skip = {"/proc", "/sys", "/dev", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+            os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
+    for top, dirs, files in os.walk("/"):
+        if time.monotonic() > stop:
+            found.append("(walk stopped: time budget)")
+            break
+        dirs[:] = [d for d in dirs if os.path.join(top, d) not in skip]
+        found += [os.path.join(top, f) for f in files if match(f)]
+    return found
+'''
+
+SNOOP = WALK + r'''
+import json
 own = os.path.dirname(([a for a in sys.argv if a.endswith(".json")] or ["/nowhere/x"])[0])
-found = {"ipynb": [], "runtime": [], "proc": [], "env": sorted(os.environ)}
-for pattern in ("/**/*.ipynb", "/**/gradebook.db", "/**/*.html", "/**/connection.json"):
-    try:
-        found["ipynb"] += [p for p in glob.glob(pattern, recursive=True)
-                           if "/proc/" not in p and not p.startswith(own)][:20]
-    except OSError:
-        pass
+found = {"ipynb": [p for p in _walk(lambda f: f.endswith((".ipynb", ".db", ".html", ".json")))
+                   if not p.startswith(own)][:40],
+         "env": sorted(os.environ)}
 found["proc"] = sorted(p for p in os.listdir("/proc") if p.isdigit())
 for pid in found["proc"]:
     try:
@@ -193,13 +275,11 @@ for pid in found["proc"]:
 print("SNOOP:", json.dumps(found))
 '''
 
-INJECT = r'''
-import os, sys, glob, json
+INJECT = WALK + r'''
+import json
 own = os.path.dirname(([a for a in sys.argv if a.endswith(".json")] or ["/nowhere/x"])[0])
-hits = []
-for conn in glob.glob("/**/connection.json", recursive=True) + glob.glob("/**/kernel-*.json", recursive=True):
-    if not conn.startswith(own) and "/proc/" not in conn:
-        hits.append(conn)
+hits = [p for p in _walk(lambda f: f == "connection.json" or (f.startswith("kernel-") and f.endswith(".json")))
+        if not p.startswith(own)]
 try:
     import jupyter_client
     for conn in hits:
@@ -354,6 +434,9 @@ def build(root, canaries):
     for student in ("honest1", "honest2", "honest3"):
         nb, secrets_of[student] = _secret_in(_sol(), student)
         put(student, nb, full)
+    put("forge", _forged(), 0)
+    put("segv", _segv(), 0)
+    put("spoof_status", _with_cell(_with_cell(_sol(), SPOOF[0]), SPOOF[1]), full)
     put("snoop", _with_cell(_sol(), SNOOP), full)
     put("inject", _with_cell(_sol(), INJECT), full)
     put("symlinks", _with_cell(_sol(), _symlinks(canaries)), full)
@@ -460,7 +543,7 @@ def test_no_attack_earns_a_mark_and_no_honest_student_loses_one(batch):
            for r in batch["rows"]}
     wrong = []
     for key, (score, status) in batch["expected"].items():
-        g = got.get(key)
+        g = got.get((grade.spreadsheet_safe(key[0]), key[1]))
         if g is None or abs(g[0] - score) > 1e-9 or g[1] != status:
             wrong.append(f"{key}: got {g}, want {score} {status}")
     assert not wrong, "\n".join(wrong)

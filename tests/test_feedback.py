@@ -62,3 +62,27 @@ def test_feedback_shows_the_message_not_the_hidden_code(tiny_course):
     assert "double(2) should be 4" in text, "the visible tests stay in the feedback"
     rows, text = _grade(tiny_course, "--feedback-with-hidden-tests")
     assert "_double_checked(3) == 6" in text
+
+
+@pytest.mark.slow
+def test_feedback_runs_none_of_the_students_markup(tiny_course):
+    """A student's script, in a markdown cell or an output, reaches the feedback as inert text;
+    the course's own markdown (its <details> hints) renders as written."""
+    path = tiny_course / "subs" / "ada" / "01_tiny.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell(
+        "My answer <img src=x onerror=\"document.title='MD-XSS'\"> <script>var MD_SCRIPT=1</script>"))
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "from IPython.display import HTML, Javascript, display\n"
+        "display(HTML(\"<script>document.title='HTML-XSS'</script><b>bold</b>\"))\n"
+        "display(Javascript(\"document.title='JS-XSS'\"))"))
+    nbformat.write(nb, path)
+    rows, _ = _grade(tiny_course)
+    page = (tiny_course / "out" / "feedback" / "ada" / "01_tiny.html").read_text()
+    scripts = re.findall(r"<script[^>]*>(.*?)</script>", page, re.S | re.I)
+    tags = re.findall(r"<[a-zA-Z][^<>]*>", page)
+    for marker in ("MD-XSS", "MD_SCRIPT", "HTML-XSS", "JS-XSS"):
+        assert not any(marker in body for body in scripts), f"{marker} runs as a script"
+        assert not any(marker in tag for tag in tags), f"{marker} sits in a live tag"
+    assert "MD_SCRIPT" in visible_text(page), "the student's markdown is shown, as text"
+    assert "Goals, prerequisites, time" in visible_text(page)

@@ -235,6 +235,47 @@ def test_lies_cannot_cross_the_bridge():
         judge.read_reply(b"\0" * (judge.MAX_REPLY_BYTES + 1))
 
 
+class _ScriptedStudent:
+    """The student's end of a bridge, scripted: a class that claims to derive from torch.Tensor
+    and answers every attribute with a callable handle (the red team's forged comparison)."""
+    PLAIN = {"name": "Liar", "mro": ["__main__.Liar", "builtins.object"]}
+
+    def __init__(self):
+        self.asked = []
+
+    def send(self, header, blob=b""):
+        self.req = pickle.loads(blob)
+        self.asked.append((self.req.get("op"), self.req.get("name")))
+
+    def recv(self):
+        r = self.req
+        if r["op"] == "getattr" and r["name"] == "shape":
+            v = ("ok", ("size", [3]), {})
+        elif r["op"] == "getattr":
+            v = ("ok", ("handle", 77, 78, self.PLAIN, True, r["name"]), {})
+        else:
+            v = ("ok", ("bool", True), {})
+        return {"op": "reply", "status": "ok"}, _reply(v)
+
+
+def test_a_proxy_never_answers_for_torch():
+    """A student object that claims torch.Tensor as its base is no tensor in the judge, and a
+    comparison torch makes with it is torch's own: it raises instead of asking the student."""
+    student = _ScriptedStudent()
+    bridge = judge.Bridge(student)
+    cls = bridge.student_class(1, {"name": "T", "mro": ["__main__.T", "torch.Tensor", "builtins.object"]})
+    fake = judge.RemoteObject(bridge, 5, cls, "fake")
+    ref = torch.randn(3)
+    assert not isinstance(fake, torch.Tensor)
+    assert fake.shape == ref.shape                    # ordinary attributes still come across
+    for compare in (torch.allclose, torch.equal, torch.sub):
+        with pytest.raises(TypeError):
+            compare(fake, ref)
+    with pytest.raises(AttributeError):
+        fake.__array__
+    assert not any(name and name.startswith("__torch") for _, name in student.asked), student.asked
+
+
 def test_student_exceptions_arrive_as_the_nearest_builtin():
     exc = judge._student_exception({"mro": ["student.MyError", "builtins.ValueError",
                                             "builtins.Exception"], "name": "MyError",
