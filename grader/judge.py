@@ -500,7 +500,7 @@ class Bridge:
             req = {"op": "call", "target": ("handle", handle), "method": method,
                    "args": enc(tuple(args)), "kwargs": enc(dict(kwargs)),
                    "rng": torch.get_rng_state(), "grad": torch.is_grad_enabled(),
-                   "guard": _active_guard_pattern()}
+                   "guard": _active_guard_pattern(), "guard_sources": _active_guard_sources()}
         kind, payload, extra = self.request(req)
         self._advance_rng(req["rng"])
         used = extra.get("used") or []
@@ -795,6 +795,17 @@ def _active_guard_pattern():
         elif isinstance(forbidden, (set, frozenset, list, tuple)):
             patterns.append("^(" + "|".join(re.escape(str(n)) for n in forbidden) + ")$")
     return "|".join(f"(?:{p})" for p in patterns) or None
+
+
+def _active_guard_sources():
+    """File-name suffixes (FORBIDDEN_SOURCES) of the active guards: torch code the student's
+    code must not run (02: torch/nn/utils/clip_grad.py)."""
+    sources = []
+    for mode in _active_guards():
+        found = getattr(mode, "FORBIDDEN_SOURCES", ())
+        if isinstance(found, (list, tuple)):
+            sources += [s for s in found if isinstance(s, str) and s]
+    return tuple(sources)
 
 
 def _student_exception(payload):

@@ -249,11 +249,35 @@ class JudgedExecute(Execute):
             cell.outputs = [error_output("DeadKernelError", self._dead)]
             return cell, resources
         try:
-            return super().preprocess_cell(cell, resources, index)
+            cell, resources = super().preprocess_cell(cell, resources, index)
         except Exception as exc:  # noqa: BLE001 - the kernel died: the rest of this notebook fails
             self._dead = f"the notebook's kernel stopped ({type(exc).__name__}: {exc})"[:500]
             cell.outputs = [error_output("DeadKernelError", self._dead)]
             return cell, resources
+        timed_out = any(o.get("output_type") == "error" and o.get("ename") == "CellTimeoutError"
+                        for o in cell.get("outputs", []))
+        if timed_out and not run_sync(self._async_kernel_answers)():
+            # Interrupted but deaf (its message loop is broken): every later cell would wait out
+            # the whole timeout again. The rest of the notebook fails at once instead.
+            self._dead = "the notebook's kernel stopped answering after a cell ran past the time limit"
+        return cell, resources
+
+    async def _async_kernel_answers(self, wait=15):
+        """True if the kernel answers a kernel_info request within `wait` seconds."""
+        from queue import Empty
+        from nbclient.util import ensure_async
+        msg_id = self.kc.kernel_info()
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=left))
+            except Empty:
+                return False
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return True
 
     def _install(self, index):
         code = (f"(lambda d: (exec(compile({STUDENT_SIDE!r}, '<grader bridge>', 'exec'), d), "

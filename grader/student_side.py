@@ -22,8 +22,10 @@ def install(token):
     import collections
     import collections.abc
     import io
+    import os
     import pickle
     import re
+    import sys
     
     import torch
     from IPython import get_ipython
@@ -206,9 +208,10 @@ def install(token):
 
     # ------------------------------------------------------------------ the guard
 
-    def guard_mode(pattern):
+    def guard_mode(pattern, sources=()):
         from torch.overrides import TorchFunctionMode
-        forbidden = re.compile(pattern)
+        forbidden = re.compile(pattern) if pattern else None
+        sources = tuple(s for s in sources if type(s) is str and s)
 
         class _Guard(TorchFunctionMode):
             def __init__(self):
@@ -217,10 +220,18 @@ def install(token):
 
             def __torch_function__(self, func, types_, args=(), kwargs=None):
                 base = (getattr(func, "__name__", "") or "").split(".")[0]
-                if forbidden.search(base):
+                if forbidden is not None and forbidden.search(base):
                     self.used.add(base)
                     raise AssertionError(
                         f"this must be written by hand, but it calls the built-in {base}")
+                frame = sys._getframe(1) if sources else None
+                while frame is not None:        # called from inside a forbidden torch file
+                    if frame.f_code.co_filename.endswith(sources):
+                        where = sources[0].replace(os.sep, ".").removesuffix(".py")
+                        self.used.add(where)
+                        raise AssertionError(
+                            f"this must be written by hand, but it calls the built-in {where}")
+                    frame = frame.f_back
                 return func(*args, **(kwargs or {}))
         return _Guard()
 
@@ -244,7 +255,9 @@ def install(token):
         kwargs = rebuild(req["kwargs"], inputs, originals)
         if req.get("rng") is not None:
             torch.set_rng_state(req["rng"])
-        guard = guard_mode(req["guard"]) if req.get("guard") else None
+        sources = req.get("guard_sources") or ()
+        guard = guard_mode(req.get("guard"), sources) \
+            if req.get("guard") or sources else None
         record = {"outputs": [], "inputs": inputs}
         outcome, used = None, []
         try:

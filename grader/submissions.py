@@ -31,6 +31,7 @@ from pathlib import Path
 LMS_SUFFIXES = ("_assignsubmission_file_", "_assignsubmission_onlinetext_", "_onlinetext_", "_file_")
 SKIP_PARTS = {"__MACOSX", ".ipynb_checkpoints"}
 MAX_BYTES = 50 << 20
+MAX_CELLS = 5000           # the course's notebooks have about 100
 MAX_DEPTH = 64
 MAX_FILES = 2000          # files looked at per student folder
 
@@ -303,6 +304,11 @@ def _read_notebook(path, known_ids):
         return None, f"not a notebook (invalid JSON: {str(exc)[:150]})"
     if not isinstance(raw, dict) or not ("cells" in raw or "worksheets" in raw):
         return None, "not a notebook (JSON without cells)"
+    cells = raw.get("cells") if "cells" in raw else [
+        c for w in raw.get("worksheets") or [] if isinstance(w, dict) for c in w.get("cells") or []]
+    if isinstance(cells, list) and len(cells) > MAX_CELLS:
+        # nbformat's validation would take minutes of the main process for such a file.
+        return None, f"not a course notebook ({len(cells)} cells; the limit is {MAX_CELLS})"
     nb = nbformat.reads(text, as_version=4)
     return clean(nb, known_ids), None
 

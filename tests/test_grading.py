@@ -114,6 +114,9 @@ def test_spreadsheet_formulas_are_neutralised(tmp_path):
     (b"\xff\xfe\x00", "not UTF-8"), (b"[" * 5000 + b"]" * 5000, "nested 5000 levels"),
     (json.dumps({"cells": [{"cell_type": "code", "source": "x", "metadata": {}, "outputs": []}] * 2,
                  "metadata": {}, "nbformat": 4, "nbformat_minor": 5}).encode(), None),
+    # 100,000 cells: refused at once, before nbformat spends minutes validating them
+    (json.dumps({"cells": [{"cell_type": "raw", "source": "x", "metadata": {}}] * 100_000,
+                 "metadata": {}, "nbformat": 4, "nbformat_minor": 5}).encode(), "100000 cells"),
 ])
 def test_read_notebook_never_raises(tmp_path, content, why):
     path = tmp_path / "nb.ipynb"

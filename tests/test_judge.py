@@ -27,6 +27,24 @@ def zero_forget(lstm):
 def noisy(n):
     return torch.randn(n)
 
+def rigged(n):
+    out = torch.randn(n)
+    torch.manual_seed(0)                # tries to choose what the test draws next
+    return out
+
+def sneaky_zero(lstm, x):
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.zero_()
+    return x.sum()
+
+def zero_input(x):
+    x.zero_()
+    return x.sum()
+
+def clip_by_torch(params):
+    return torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=False)
+
 def picky(x):
     if x < 0:
         raise ValueError("x must not be negative")
@@ -65,8 +83,8 @@ assert _m.w.grad.tolist() == [1.0, -2.0, 3.0], _m.w.grad
 assert isinstance(_m, Doubler) and isinstance(_m, nn.Module) and _m.calls == 1
 assert _m.train() is _m and _m.training
 print("autograd: ok")''',
-    "copy_back": '''"""in-place changes to the test's modules and .grad come back; returning the argument gives
-the test's own object."""
+    "copy_back": '''"""in-place changes by an _IN_PLACE function to the test's modules and .grad come back;
+returning the argument gives the test's own object."""
 _l = nn.LSTM(2, 3)
 for _p in _l.parameters():
     _p.grad = torch.ones_like(_p)
@@ -74,12 +92,30 @@ scale_grads(list(_l.parameters()), 0.5)
 assert all(bool((_p.grad == 0.5).all()) for _p in _l.parameters())
 assert zero_forget(_l) is _l and float(_l.bias_hh_l0[3:6].detach().abs().sum()) == 0.0
 print("copy_back: ok")''',
-    "rng": '''"""the test's random state travels with each call and comes back."""
+    "copies": '''"""any other call works on copies: the test's module stays as it was, and a call that
+changes a tensor it was given fails, saying so."""
+_l = nn.LSTM(2, 3)
+_before = {k: v.clone() for k, v in _l.state_dict().items()}
+sneaky_zero(_l, torch.ones(2))
+assert all(torch.equal(_before[k], v) for k, v in _l.state_dict().items())
+try:
+    zero_input(torch.ones(3))
+except AssertionError as _e:
+    assert "in place" in str(_e), _e
+else:
+    raise AssertionError("a changed argument went unnoticed")
+print("copies: ok")''',
+    "rng": '''"""the test's random state travels with each call; what the test draws next is its own."""
 torch.manual_seed(7)
 _a = noisy(3)
-_b = torch.randn(2)
+_b = noisy(3)
 torch.manual_seed(7)
-assert torch.equal(torch.randn(3), _a) and torch.equal(torch.randn(2), _b)
+assert torch.equal(torch.randn(3), _a) and not torch.equal(_a, _b)
+torch.manual_seed(5)
+rigged(2)
+_next = torch.randn(4)
+torch.manual_seed(0)
+assert not torch.equal(_next, torch.randn(4)), "the student chose the test's next random numbers"
 print("rng: ok")''',
     "exceptions": '''"""a student's exception arrives as the same built-in type with its message."""
 try:
@@ -100,11 +136,40 @@ with _NoBuiltinRNN() as _g:
         pass
 assert _g.used == {"lstm_cell"}, _g.used
 print("guard: ok")''',
+    "guard_sources": '''"""a guard's FORBIDDEN_SOURCES (torch files the student's code must not run) travel too."""
+_p = [nn.Parameter(torch.ones(3))]
+_p[0].grad = torch.full((3,), 10.0)
+with _NoClip() as _g:
+    try:
+        clip_by_torch(_p)
+    except AssertionError:
+        pass
+assert _g.used, "clip_grad_norm_ ran unnoticed"
+print("guard_sources: ok")''',
 }
 
 HELPERS = '''
+import os as _os
 import re as _re
+import sys as _sys
 from torch.overrides import TorchFunctionMode as _TFM
+
+_IN_PLACE = {"scale_grads", "zero_forget"}
+
+class _NoClip(_TFM):
+    FORBIDDEN = _re.compile(r"^_foreach_")
+    FORBIDDEN_SOURCES = (_os.path.join("torch", "nn", "utils", "clip_grad.py"),)
+    def __init__(self):
+        super().__init__()
+        self.used = set()
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        _f = _sys._getframe(1)
+        while _f is not None:
+            if _f.f_code.co_filename.endswith(self.FORBIDDEN_SOURCES):
+                self.used.add("clip_grad")
+                raise AssertionError("built-in clip_grad")
+            _f = _f.f_back
+        return func(*args, **(kwargs or {}))
 
 class _NoBuiltinRNN(_TFM):
     FORBIDDEN = _re.compile(r"(^|_)(lstm|gru|rnn)(_|$)")
