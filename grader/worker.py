@@ -57,7 +57,7 @@ def inspect_autograded(path):
                 if out.get("ename") == "CellTimeoutError":
                     timeouts.append(gid)
                 elif out.get("ename") == "GradingError":
-                    judge.append(gid)
+                    judge.append((gid, str(out.get("evalue", ""))))
     return timeouts, judge
 
 
@@ -95,7 +95,9 @@ def grade(spec):
         timeouts, judge = inspect_autograded(course.autograded_notebook(STUDENT_ID, a))
         detail = ""
         if judge:
-            detail = f"the grader could not run the tests of {', '.join(judge)} (scored 0)"
+            why = judge[0][1].split(" (")[0][:160]
+            detail = (f"the tests of {', '.join(g for g, _ in judge)} could not run (scored 0): "
+                      f"{why}")
         if timeouts:
             rows[a] = ("timeout", f"{detail} cells past {spec['timeout']} s: "
                        f"{', '.join(timeouts)}".strip(), score)

@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader import kernel_launcher, paths, submissions
+from grader import grade, kernel_launcher, paths, submissions
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("corpus", ROOT / "tests" / "fixtures" / "corpus.py")
