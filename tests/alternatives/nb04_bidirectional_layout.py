@@ -1,10 +1,6 @@
 """Notebook 04 (bidirectional layout, packed sequences): other correct answers, and wrong ones.
 
-Each ALTERNATIVES entry is a whole answer cell, written from the student notebook alone (its
-docstrings, prose and hints) in another style than the reference. Each WRONG entry is one
-plausible mistake, applied alone to an otherwise correct solution:
-(answer cell grade_id, whole answer cell, grade cell grade_id that must fail, phrase that the
-failure message must contain).
+The format of ALTERNATIVES and WRONG: tests/alternatives/README.md.
 """
 
 ALTERNATIVES = {
