@@ -502,7 +502,7 @@ class Bridge:
                    "rng": torch.get_rng_state(), "grad": torch.is_grad_enabled(),
                    "guard": _active_guard_pattern(), "guard_sources": _active_guard_sources()}
         kind, payload, extra = self.request(req)
-        self._advance_rng(req["rng"])
+        self._advance_rng(req["rng"], extra.get("rng") if type(extra) is dict else None)
         used = extra.get("used") or []
         if used:
             names = sorted({_text(u) for u in used if type(u) is str})
@@ -524,12 +524,18 @@ class Bridge:
             slot_values = self._differentiable(payload, extra.get("call"), enc.inputs)
             return _Decoder(self, [o for o, _ in enc.originals], slot_values)(payload)
 
-    def _advance_rng(self, before):
-        """Move the judge's generator on after a call, as the student's code moved its own, but
-        to a state derived from the judge's alone: a reply never chooses the data a test draws
-        next, and two calls in a row (two new models) still see different random numbers."""
+    def _advance_rng(self, before, after):
+        """Move the judge's generator on after a call that drew random numbers, as the student's
+        code moved its own, but to a state derived from the judge's alone: a reply never chooses
+        the data a test draws next, and two calls in a row (two new models) still see different
+        random numbers. A call that drew none leaves the judge's state as it was."""
         import hashlib
         import torch
+        try:
+            if isinstance(after, torch.Tensor) and torch.equal(_tensor(after), before):
+                return
+        except (BridgeError, RuntimeError, TypeError):
+            pass
         self.calls = getattr(self, "calls", 0) + 1
         digest = hashlib.sha256(before.numpy().tobytes() + self.calls.to_bytes(8, "little")).digest()
         torch.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))

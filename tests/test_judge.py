@@ -105,7 +105,8 @@ except AssertionError as _e:
 else:
     raise AssertionError("a changed argument went unnoticed")
 print("copies: ok")''',
-    "rng": '''"""the test's random state travels with each call; what the test draws next is its own."""
+    "rng": '''"""the test's random state travels with each call; what the test draws next is its own;
+a call that draws nothing leaves it as it was."""
 torch.manual_seed(7)
 _a = noisy(3)
 _b = noisy(3)
@@ -116,6 +117,9 @@ rigged(2)
 _next = torch.randn(4)
 torch.manual_seed(0)
 assert not torch.equal(_next, torch.randn(4)), "the student chose the test's next random numbers"
+_s = torch.get_rng_state()
+add_one(torch.ones(2))
+assert torch.equal(torch.get_rng_state(), _s), "a call that draws nothing moved the test's random state"
 print("rng: ok")''',
     "exceptions": '''"""a student's exception arrives as the same built-in type with its message."""
 try:
