@@ -387,7 +387,7 @@ class Bridge:
         self.proxies = {}          # handle -> RemoteObject
         self.classes = {}          # class handle -> judge class standing in for it
         self.streams = None        # where the student's prints during a call go
-        self.namespace = None      # the judge's globals (for IN_PLACE)
+        self.namespace = None      # the judge's globals (for _IN_PLACE)
         RemoteObject.__torch_function__ = _no_torch_function()
 
     # -- transport
@@ -607,7 +607,7 @@ class Bridge:
 
     def _in_place(self):
         """Names of the functions whose contract changes their arguments (a test-helpers cell's
-        IN_PLACE): only their changes reach the test's objects."""
+        _IN_PLACE): only their changes reach the test's objects."""
         names = self.namespace.get("_IN_PLACE", ()) if self.namespace is not None else ()
         return {n for n in names if type(n) is str} if isinstance(names, (set, frozenset, tuple, list)) else set()
 
@@ -617,7 +617,7 @@ class Bridge:
         if type(changes) is not list or len(changes) != len(originals):
             return
         import torch
-        for k, ((obj, _), change) in enumerate(zip(originals, changes)):
+        for (obj, _), change in zip(originals, changes):
             if (isinstance(obj, torch.Tensor) and type(change) is tuple and len(change) == 3
                     and change[0] == "tensor" and change[1] is not None):
                 raise AssertionError(f"{label} changed a tensor it was given in place: build new "

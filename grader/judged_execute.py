@@ -460,7 +460,12 @@ class JudgedExecute(Execute):
         # Never reconnect: the kernel owns its socket files and could swap one for a link to
         # another process's socket once the first connection drops.
         self.km.context.setsockopt(zmq.RECONNECT_IVL, -1)
-        return await super().async_start_new_kernel_client()
+        kc = await super().async_start_new_kernel_client()
+        # The heartbeat thread opens a new socket, by path, whenever a beat is missed; liveness
+        # comes from the kernel manager (the process), so it is not needed at all.
+        if kc.hb_channel.is_alive():
+            kc.hb_channel.stop()
+        return kc
 
     # nbclient binds these sync wrappers to its own coroutines; rebind them to the ones above.
     start_new_kernel = run_sync(async_start_new_kernel)

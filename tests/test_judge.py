@@ -213,3 +213,14 @@ def test_the_bridge_keeps_its_promise(judged, name):
     assert not errors, errors
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert text == f"{name}: ok\n", text
+
+
+def test_the_grader_never_connects_again_by_path(tmp_path):
+    """The kernel owns its socket files: after the first connection, neither a reconnect nor
+    the heartbeat (which reopens its socket when a beat is missed) may follow a path again."""
+    import zmq
+    ep = JudgedExecute(timeout=60, kernel_name="python3")
+    ep.nb, ep.resources = nbformat.v4.new_notebook(), {"metadata": {"path": str(tmp_path)}}
+    with ep.setup_kernel():
+        assert ep.km.context.getsockopt(zmq.RECONNECT_IVL) == -1
+        assert not ep.kc.hb_channel.is_alive()
